@@ -1,0 +1,174 @@
+"""The state tree: saving a composition tree to nested nodes and loading nodes
+back into a build, all-or-nothing.
+
+A node is a ``dict``. ``__type__`` (str) and ``__version__`` (int) make it an
+object node; its other keys are the object's state fields (from the output
+visitor) and its children, each an object node under its child name, so the
+tree mirrors the QOM composition tree and a path is the keys from the root.
+``__stash__`` holds what a forward filter dropped (see docs/filters.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import attrs
+
+from .errors import LoadError, MigtreeError, StateError
+from .qom import Object, canonical_path, split_path
+from .visitor import node_to_state, state_to_node
+
+TYPE_KEY = "__type__"
+VERSION_KEY = "__version__"
+STASH_KEY = "__stash__"
+
+
+def is_object_node(value: Any) -> bool:
+    return type(value) is dict and TYPE_KEY in value
+
+
+def object_node(obj: Object, path: str | None = None) -> dict[str, Any]:
+    """One object's own node (no children)."""
+    node: dict[str, Any] = {TYPE_KEY: obj.TYPE, VERSION_KEY: obj.VERSION}
+    if obj.STATE is not None:
+        obj.pre_save()
+        node.update(state_to_node(obj.STATE, obj.state, obj.VERSION,
+                                  path if path is not None else canonical_path(obj)))
+    return node
+
+
+def save_tree(root: Object) -> dict[str, Any]:
+    """The whole composition under ``root`` as one nested node."""
+
+    def walk(obj: Object, path: str) -> dict[str, Any]:
+        node = object_node(obj, path)
+        for name, child in obj._children.items():
+            node[name] = walk(child, _join(path, name))
+        return node
+
+    return walk(root, canonical_path(root))
+
+
+def _join(path: str, name: str) -> str:
+    return f"{path}/{name}" if path != "/" else f"/{name}"
+
+
+def iter_object_nodes(tree: dict[str, Any], path: str = "/") -> Iterator[tuple[str, dict[str, Any]]]:
+    """Every object node with its path, parents first, children in key order."""
+    yield path, tree
+    for key, value in tree.items():
+        if type(value) is dict and TYPE_KEY in value:
+            yield from iter_object_nodes(value, _join(path, key))
+
+
+def get_node(tree: dict[str, Any], path: str) -> dict[str, Any] | None:
+    node = tree
+    for part in split_path(path):
+        node = node.get(part)
+        if not is_object_node(node):
+            return None
+    return node
+
+
+def own_fields(node: dict[str, Any]) -> dict[str, Any]:
+    """A node's own state: everything but reserved keys and child objects."""
+    return {k: v for k, v in node.items()
+            if k not in (TYPE_KEY, VERSION_KEY, STASH_KEY) and not is_object_node(v)}
+
+
+@attrs.define
+class LoadReport:
+    """What a load did: every path loaded, and the coverage gaps both ways."""
+
+    loaded: list[str] = attrs.Factory(list)
+    #: destination objects with state that the tree gave nothing
+    missing: list[str] = attrs.Factory(list)
+    #: tree object nodes that no destination object consumed
+    unconsumed: list[str] = attrs.Factory(list)
+    #: paths whose node carried a stash (dropped by a forward filter)
+    stashed: list[str] = attrs.Factory(list)
+
+    def as_dict(self) -> dict[str, list[str]]:
+        return attrs.asdict(self)
+
+
+def load_tree(tree: dict[str, Any], root: Object, *, allow_missing: bool = False,
+              allow_unconsumed: bool = False) -> LoadReport:
+    """Hand ``tree`` to the objects under ``root`` through the input visitor.
+
+    All-or-nothing: every object's new state is built and validated first;
+    only when all succeed are they assigned, then each object's ``post_load``
+    runs. If a ``post_load`` fails, every object gets its old state back (and
+    ``post_load`` again, to resync derived state) before the error is raised.
+    """
+    report = LoadReport()
+    staged: list[tuple[Object, Any]] = []
+    errors: list[str] = []
+
+    def walk(obj: Object, node: dict[str, Any] | None, path: str) -> None:
+        if node is None:
+            if obj.STATE is not None:
+                report.missing.append(path)
+        else:
+            ntype, nver = node.get(TYPE_KEY), node.get(VERSION_KEY)
+            if ntype != obj.TYPE:
+                errors.append(f"{path}: the tree holds {ntype}@{nver} but the build has "
+                              f"{obj.TYPE}@{obj.VERSION} here, and no filter made them meet")
+            elif type(nver) is not int or not obj.MIN_VERSION <= nver <= obj.VERSION:
+                errors.append(f"{path}: {ntype} version {nver!r} is outside the range this "
+                              f"build loads ({obj.MIN_VERSION}..{obj.VERSION})")
+            else:
+                if obj.STATE is not None:
+                    try:
+                        staged.append((obj, node_to_state(obj.STATE, node, nver, path)))
+                    except StateError as e:
+                        errors.append(str(e))
+                report.loaded.append(path)
+                if STASH_KEY in node:
+                    report.stashed.append(path)
+            for key, value in node.items():
+                if is_object_node(value) and key not in obj._children:
+                    report.unconsumed.extend(p for p, _ in iter_object_nodes(value, _join(path, key)))
+        for name, child in obj._children.items():
+            sub = node.get(name) if node is not None else None
+            walk(child, sub if is_object_node(sub) else None, _join(path, name))
+
+    walk(root, tree, canonical_path(root))
+    if report.missing and not allow_missing:
+        errors.extend(f"{p}: the build has an object with state here but the tree has no node "
+                      "for it" for p in report.missing)
+    if report.unconsumed and not allow_unconsumed:
+        errors.extend(f"{p}: the tree has a node here that no object in the build consumes"
+                      for p in report.unconsumed)
+    if errors:
+        raise LoadError(_summarise(errors))
+
+    old = [(obj, obj.state) for obj, _ in staged]
+    for obj, state in staged:
+        obj.state = state
+    done: list[Object] = []
+    try:
+        for obj, _ in staged:
+            obj.post_load()
+            done.append(obj)
+    except Exception as e:
+        for obj, state in old:
+            obj.state = state
+        for obj in done:
+            try:
+                obj.post_load()
+            except Exception:  # noqa: BLE001 - best effort resync, original error wins
+                pass
+        what = f"{e.__class__.__name__}: {e}" if not isinstance(e, MigtreeError) else str(e)
+        raise LoadError(f"{canonical_path(obj)}: post_load failed, every object was given "
+                        f"its previous state back: {what}") from e
+    return report
+
+
+def _summarise(errors: list[str], limit: int = 20) -> str:
+    head = errors[:limit]
+    more = f"\n... and {len(errors) - limit} more" if len(errors) > limit else ""
+    noun = "error" if len(errors) == 1 else "errors"
+    return f"load refused ({len(errors)} {noun}), nothing was changed:\n  " + \
+        "\n  ".join(head) + more
