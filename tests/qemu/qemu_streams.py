@@ -1,0 +1,246 @@
+"""Run a real qemu-system-x86_64 and make or load migration streams.
+
+Used by the tests (through fixtures in conftest.py) and by hand::
+
+    python tests/qemu/qemu_streams.py OUTDIR   # writes the whole matrix
+
+Nothing here sleeps to wait for QEMU: every wait polls QMP or the process.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from migtree_qemu.qmp import QMPClient, QMPError
+
+QEMU = shutil.which("qemu-system-x86_64")
+QEMU_IMG = shutil.which("qemu-img")
+
+
+def kvm_usable() -> bool:
+    return os.access("/dev/kvm", os.R_OK | os.W_OK)
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    """One point of the stream matrix."""
+
+    machine: str = "pc"  # pc | q35
+    accel: str = "tcg"  # tcg | kvm
+    smp: int = 1
+    disk: bool = True
+    running: bool = False  # let SeaBIOS run before migrating (else -S)
+    memory: int = 64
+    extra: tuple[str, ...] = field(default=())
+
+    @property
+    def name(self) -> str:
+        parts = [self.machine, self.accel, f"smp{self.smp}"]
+        if self.disk:
+            parts.append("vblk")
+        if self.running:
+            parts.append("run")
+        if self.memory != 64:
+            parts.append(f"m{self.memory}")
+        return "-".join(parts)
+
+    def args(self, disk_path: Path | None) -> list[str]:
+        args = [
+            "-nodefaults",
+            "-display",
+            "none",
+            "-machine",
+            f"{self.machine},accel={self.accel}",
+            "-m",
+            str(self.memory),
+            "-smp",
+            str(self.smp),
+        ]
+        if self.disk:
+            assert disk_path is not None
+            args += [
+                "-drive",
+                f"file={disk_path},if=none,id=d0",
+                "-device",
+                "virtio-blk-pci,drive=d0,id=vblk0",
+            ]
+        return args + list(self.extra)
+
+
+# The matrix the issue asks for: pc and q35, tcg and kvm, 1 and 2 vCPUs,
+# each with a virtio-blk-pci disk; two extra points let SeaBIOS run first.
+MATRIX = [
+    StreamConfig(machine=m, accel=a, smp=s)
+    for m in ("pc", "q35")
+    for a in ("tcg", "kvm")
+    for s in (1, 2)
+] + [
+    StreamConfig(machine="pc", accel="tcg", smp=1, running=True),
+    StreamConfig(machine="q35", accel="kvm", smp=2, running=True),
+]
+
+
+def make_disk(path: Path, size: str = "16M") -> Path:
+    if not path.exists():
+        subprocess.run(
+            [QEMU_IMG or "qemu-img", "create", "-q", "-f", "qcow2", str(path), size],
+            check=True,
+        )
+    return path
+
+
+class QemuVM:
+    """A qemu-system-x86_64 process with a QMP socket; a context manager
+    that always ends the process it started."""
+
+    def __init__(self, args: list[str], workdir: Path, name: str = "vm") -> None:
+        self.workdir = Path(workdir)
+        self.sock = Path(tempfile.mkdtemp(prefix="qmp")) / f"{name}.sock"
+        self.log = self.workdir / f"{name}.log"
+        self.argv = [QEMU or "qemu-system-x86_64", *args]
+        self.argv += ["-qmp", f"unix:{self.sock},server=on,wait=off"]
+        self.proc: subprocess.Popen | None = None
+        self.qmp: QMPClient | None = None
+
+    def start(self) -> "QemuVM":
+        self._logf = open(self.log, "wb")
+        self.proc = subprocess.Popen(
+            self.argv, stdin=subprocess.DEVNULL, stdout=self._logf, stderr=self._logf
+        )
+        try:
+            self.qmp = QMPClient.connect(str(self.sock), timeout=60, process=self.proc)
+        except QMPError as exc:
+            self.stop()
+            raise QMPError(f"{exc}\n{' '.join(self.argv)}\n{self.output()}") from exc
+        return self
+
+    def output(self) -> str:
+        try:
+            return self.log.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        if self.qmp is not None:
+            try:
+                self.qmp.execute("quit")
+            except (QMPError, OSError):
+                pass
+            self.qmp.close()
+            self.qmp = None
+        if self.proc is not None:
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            self.proc = None
+            self._logf.close()
+        shutil.rmtree(self.sock.parent, ignore_errors=True)
+
+    def __enter__(self) -> "QemuVM":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- migration --------------------------------------------------------
+    def migrate_to_file(self, path: Path, timeout: float = 300) -> dict:
+        assert self.qmp is not None
+        self.qmp.execute("migrate", uri=f"exec:cat > {path}")
+        return self.qmp.wait_migration(timeout=timeout)
+
+    def incoming_from_file(self, path: Path, timeout: float = 300) -> dict:
+        """For a VM started with ``-incoming defer``: load *path*."""
+        assert self.qmp is not None and self.proc is not None
+        self.qmp.execute("migrate-incoming", uri=f"exec:cat {path}")
+        try:
+            return self.qmp.wait_migration(timeout=timeout)
+        except (QMPError, OSError) as exc:
+            # QEMU exits when an incoming migration fails; show its words.
+            if self.proc.poll() is None:
+                self.proc.wait(timeout=20)
+            raise QMPError(f"incoming migration failed: {exc}\n{self.output()}") from exc
+
+
+def wait_guest_ran(vm: QemuVM) -> None:
+    """With the VM running, poll until the vCPUs have left the reset vector
+    (SeaBIOS has started)."""
+    assert vm.qmp is not None
+
+    vm.qmp.wait_until("query-status", lambda r: r.get("running") is True)
+    # query-cpus-fast has no PC: ask HMP 'info registers' until RIP has
+    # left the reset vector.
+    def left_reset(_: object) -> bool:
+        out = vm.qmp.execute("human-monitor-command", **{"command-line": "info registers"})
+        for line in out.splitlines():
+            if "RIP=" in line or "EIP=" in line:
+                rip = line.split("IP=")[1].split()[0]
+                return int(rip, 16) not in (0xFFF0, 0xFFFFFFF0)
+        return False
+
+    vm.qmp.wait_until("query-status", left_reset, timeout=60)
+
+
+def make_stream(cfg: StreamConfig, outdir: Path) -> Path:
+    """Start QEMU for *cfg*, migrate it to ``outdir/<name>.qevm``; return it.
+    The disk image is kept beside it (``<name>.qcow2``) for loading back."""
+    outdir = Path(outdir)
+    out = outdir / f"{cfg.name}.qevm"
+    if out.exists():
+        return out
+    disk = make_disk(outdir / f"{cfg.name}.qcow2") if cfg.disk else None
+    args = cfg.args(disk)
+    if not cfg.running:
+        args.append("-S")
+    tmp = out.with_suffix(".part")
+    with QemuVM(args, outdir, f"{cfg.name}-src") as vm:
+        if cfg.running:
+            wait_guest_ran(vm)
+        vm.migrate_to_file(tmp)
+    tmp.rename(out)
+    return out
+
+
+def load_stream(cfg: StreamConfig, stream: Path, outdir: Path, name: str = "dst"):
+    """Start QEMU for *cfg* with ``-incoming defer`` and load *stream*.
+    Returns the running :class:`QemuVM` (caller stops it)."""
+    outdir = Path(outdir)
+    disk = outdir / f"{cfg.name}.qcow2"
+    if cfg.disk:
+        make_disk(disk)
+    vm = QemuVM(cfg.args(disk if cfg.disk else None) + ["-incoming", "defer"], outdir,
+                f"{cfg.name}-{name}")
+    vm.start()
+    try:
+        vm.incoming_from_file(stream)
+    except BaseException:
+        vm.stop()
+        raise
+    return vm
+
+
+def dump_vmstate(outdir: Path, machine: str = "pc") -> Path:
+    out = Path(outdir) / f"vmstate-{machine}.json"
+    if not out.exists():
+        subprocess.run(
+            [QEMU or "qemu-system-x86_64", "-nodefaults", "-display", "none",
+             "-machine", f"{machine},accel=tcg", "-dump-vmstate", str(out)],
+            check=True, stdin=subprocess.DEVNULL, capture_output=True,
+        )
+    return out
+
+
+if __name__ == "__main__":
+    target = Path(sys.argv[1] if len(sys.argv) > 1 else "streams")
+    target.mkdir(parents=True, exist_ok=True)
+    for c in MATRIX:
+        print(make_stream(c, target), flush=True)
+    print(dump_vmstate(target, "pc"))
+    print(dump_vmstate(target, "q35"))
