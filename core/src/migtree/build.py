@@ -45,3 +45,172 @@ class Workload:
     finish: Callable[[Any], None]
     check: Callable[[Any], dict]
     plugin: str = ""
+
+
+# -- build configurations ------------------------------------------------------
+
+_MACHINE_KEYS = {"backend", "fallback", "cpus", "memory"}
+_DEVICE_RESERVED = {"type", "id", "children"}
+_SIZE_SUFFIX = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+
+
+def parse_size(text: str | int) -> int:
+    """``"16M"`` -> 16777216. Plain integers are bytes."""
+    if isinstance(text, int) and not isinstance(text, bool):
+        return text
+    if not isinstance(text, str) or not text:
+        raise ValueError(f"expected a size such as '16M', got {text!r}")
+    t = text.strip().upper().removesuffix("IB").removesuffix("B")
+    suffix = t[-1] if t[-1] in "KMG" else ""
+    number = t[: -1] if suffix else t
+    if not number.isdigit():
+        raise ValueError(f"expected a size such as '16M', got {text!r}")
+    return int(number) * _SIZE_SUFFIX[suffix]
+
+
+@attrs.define
+class Build:
+    """A composed machine: its QOM root, the registry it came from, the
+    filters its objects registered when they were instantiated, and notes
+    for the user (e.g. a backend fallback)."""
+
+    name: str
+    root: Any
+    machine: Any
+    registry: Any
+    backend: Backend
+    config: dict
+    source: str | None = None
+    dynamic_filters: list = attrs.Factory(list)
+    notes: list[str] = attrs.Factory(list)
+
+    def filters(self) -> list:
+        """Static filters of every installed plugin plus this build's dynamic ones."""
+        return list(self.registry.filters.values()) + list(self.dynamic_filters)
+
+    def objects(self) -> list:
+        return list(self.root.walk())
+
+
+def load_build(source: Any, registry: Any = None, *, allow_fallback: bool = True) -> Build:
+    """Compose a build from a TOML file path (or an already-parsed dict).
+
+    Every mistake is a :class:`BuildError` naming the file and the key.
+    """
+    import tomllib
+    from pathlib import Path
+
+    from .errors import BuildError, MigtreeError
+    from .plugins import get_registry, realized
+    from .qom import new_root
+
+    registry = registry if registry is not None else get_registry()
+    if isinstance(source, dict):
+        config, where, base = source, "<build>", Path.cwd()
+    else:
+        path = Path(source)
+        where, base = str(path), path.resolve().parent
+        try:
+            config = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise BuildError(f"{where}: no such build file") from None
+        except tomllib.TOMLDecodeError as e:
+            raise BuildError(f"{where}: not valid TOML: {e}") from None
+
+    def fail(key: str, message: str) -> BuildError:
+        return BuildError(f"{where}: {key}: {message}")
+
+    unknown = set(config) - {"name", "machine", "device"}
+    if unknown:
+        raise fail(sorted(unknown)[0], "unknown key (expected name, machine, device)")
+    mcfg = config.get("machine", {})
+    if not isinstance(mcfg, dict):
+        raise fail("machine", "must be a table")
+    unknown = set(mcfg) - _MACHINE_KEYS
+    if unknown:
+        raise fail(f"machine.{sorted(unknown)[0]}",
+                   f"unknown key (expected {sorted(_MACHINE_KEYS)})")
+    name = config.get("name") or (Path(where).stem if where != "<build>" else "build")
+
+    notes: list[str] = []
+    backend_name = mcfg.get("backend", "userspace")
+    backend = registry.backends.get(backend_name)
+    if backend is None:
+        raise fail("machine.backend", f"no installed plugin provides backend {backend_name!r} "
+                   f"(installed: {', '.join(sorted(registry.backends)) or 'none'})")
+    ok, reason = backend.available()
+    if not ok:
+        fallback = mcfg.get("fallback")
+        if fallback and allow_fallback and fallback in registry.backends:
+            notes.append(f"backend {backend_name!r} is unavailable ({reason}); "
+                         f"using {fallback!r} instead")
+            backend = registry.backends[fallback]
+        else:
+            raise fail("machine.backend", reason)
+
+    cpus = mcfg.get("cpus", 1)
+    if type(cpus) is not int or not 1 <= cpus <= 255:
+        raise fail("machine.cpus", f"expected an integer from 1 to 255, got {cpus!r}")
+
+    root, machine = new_root()
+    try:
+        if "memory" in mcfg:
+            try:
+                size = parse_size(mcfg["memory"])
+            except ValueError as e:
+                raise fail("machine.memory", str(e)) from None
+            ram = registry.types.create("guest-memory", size=size)
+            machine.add_child("ram", ram)
+            machine.memory = ram
+        backend.create_cpus(machine, cpus, registry)
+        devices = config.get("device", [])
+        if not isinstance(devices, list):
+            raise fail("device", "must be an array of tables ([[device]])")
+        for i, dcfg in enumerate(devices):
+            obj, dev_id = _make_device(dcfg, f"device[{i}]", registry, base, fail)
+            machine.add_device(obj, dev_id)
+    except MigtreeError as e:
+        if isinstance(e, BuildError):
+            raise
+        raise BuildError(f"{where}: {e}") from e
+
+    build = Build(name=name, root=root, machine=machine, registry=registry, backend=backend,
+                  config=config, source=None if where == "<build>" else where, notes=notes)
+    for obj in root.walk():
+        obj.realize()
+        build.dynamic_filters.extend(realized(registry, obj))
+    build.dynamic_filters.extend(machine.dynamic_filters)
+    return build
+
+
+def _make_device(dcfg: Any, key: str, registry: Any, base: Any, fail: Any) -> tuple[Any, Any]:
+    from .errors import UnknownTypeError
+
+    if not isinstance(dcfg, dict):
+        raise fail(key, "must be a table")
+    type_name = dcfg.get("type")
+    if not isinstance(type_name, str):
+        raise fail(f"{key}.type", "missing (every device names its registered type)")
+    info = registry.types.get(type_name)
+    if info is None:
+        raise fail(f"{key}.type", f"type {type_name!r} is not registered by any installed plugin")
+    props = {k: v for k, v in dcfg.items() if k not in _DEVICE_RESERVED}
+    for prop in getattr(info.cls, "PATH_PROPS", ()):
+        if isinstance(props.get(prop), str):
+            props[prop] = str((base / props[prop]).resolve())
+    try:
+        obj = registry.types.create(type_name, **props)
+    except UnknownTypeError as e:
+        raise fail(f"{key}.type", str(e)) from None
+    except TypeError as e:
+        raise fail(key, f"{type_name}: {e}") from None
+    children = dcfg.get("children", {})
+    if not isinstance(children, dict):
+        raise fail(f"{key}.children", "must be a table of child name -> device table")
+    for child_name, ccfg in children.items():
+        child, _ = _make_device(ccfg, f"{key}.children.{child_name}", registry, base, fail)
+        obj.add_child(child_name, child)
+    dev_id = dcfg.get("id")
+    if dev_id is not None and not isinstance(dev_id, str):
+        raise fail(f"{key}.id", "must be a string")
+    return obj, dev_id

@@ -293,8 +293,11 @@ def optional(inner: Any, *, since: int = 1, doc: str | None = None) -> Any:
 
 
 def blob(*, since: int = 1, doc: str | None = None) -> Any:
-    """Large binary state written in chunks (see :class:`Blob`)."""
-    return _field(Blob(), None, None, since, doc)
+    """Large binary state written in chunks (see :class:`Blob`); defaults to
+    an empty :class:`migtree.blob.Blob`."""
+    from .blob import Blob as BlobValue
+
+    return _field(Blob(), _NOTHING, BlobValue, since, doc)
 
 
 # Wire types for array elements: ``array(U16, 4)``.

@@ -22,8 +22,8 @@ from typing import Any, ClassVar
 
 import attrs
 
-from .fields import i64
 from .errors import AmbiguousPath, PathNotFound, RegistryError, UnknownTypeError
+from .fields import i64
 
 _AUTO = "[*]"
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.+\-\[\]:,]+$")
@@ -34,6 +34,7 @@ class Object:
     """Base of every object. Subclasses set the class attributes below."""
 
     TYPE: ClassVar[str] = "object"
+    #: defaults to the TYPE of the nearest Object base class
     PARENT: ClassVar[str | None] = None
     ABSTRACT: ClassVar[bool] = True
     STATE: ClassVar[type | None] = None
@@ -128,15 +129,12 @@ class Container(Object):
     """A stateless object that only holds children (QOM's ``container``)."""
 
     TYPE = "container"
-    PARENT = "object"
-    ABSTRACT = False
 
 
 class Device(Object):
     """Base of devices (QOM's ``device``)."""
 
     TYPE = "device"
-    PARENT = "object"
     ABSTRACT = True
 
 
@@ -174,8 +172,6 @@ class Machine(Object):
     ``peripheral-anon`` (devices without) and ``unattached`` containers."""
 
     TYPE = "machine"
-    PARENT = "object"
-    ABSTRACT = False
     STATE = MachineState
 
     def __init__(self) -> None:
@@ -311,7 +307,11 @@ class TypeRegistry:
             check_state_class(state_cls, f"{name}@{v}")
         if cls.STATE is not None:
             check_state_class(cls.STATE, f"{name}@{cls.VERSION}")
-        info = TypeInfo(name, cls.PARENT, bool(cls.__dict__.get("ABSTRACT", False)), cls,
+        parent = cls.__dict__.get("PARENT")
+        if parent is None and cls is not Object:
+            # QOM's parent is the type of the nearest Python base class
+            parent = next(b.TYPE for b in cls.__mro__[1:] if issubclass(b, Object))
+        info = TypeInfo(name, parent, bool(cls.__dict__.get("ABSTRACT", False)), cls,
                         cls.VERSION, cls.MIN_VERSION, plugin)
         self._types[name] = info
         return info
@@ -338,7 +338,8 @@ class TypeRegistry:
         try:
             return self._types[name]
         except KeyError:
-            raise UnknownTypeError(f"type {name!r} is not registered by any installed plugin") from None
+            raise UnknownTypeError(
+                f"type {name!r} is not registered by any installed plugin") from None
 
     def is_a(self, name: str, ancestor: str) -> bool:
         seen = set()

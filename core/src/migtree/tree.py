@@ -54,7 +54,8 @@ def _join(path: str, name: str) -> str:
     return f"{path}/{name}" if path != "/" else f"/{name}"
 
 
-def iter_object_nodes(tree: dict[str, Any], path: str = "/") -> Iterator[tuple[str, dict[str, Any]]]:
+def iter_object_nodes(tree: dict[str, Any],
+                      path: str = "/") -> Iterator[tuple[str, dict[str, Any]]]:
     """Every object node with its path, parents first, children in key order."""
     yield path, tree
     for key, value in tree.items():
@@ -129,12 +130,15 @@ def load_tree(tree: dict[str, Any], root: Object, *, allow_missing: bool = False
                     report.stashed.append(path)
             for key, value in node.items():
                 if is_object_node(value) and key not in obj._children:
-                    report.unconsumed.extend(p for p, _ in iter_object_nodes(value, _join(path, key)))
+                    below = iter_object_nodes(value, _join(path, key))
+                    report.unconsumed.extend(p for p, _ in below)
         for name, child in obj._children.items():
             sub = node.get(name) if node is not None else None
             walk(child, sub if is_object_node(sub) else None, _join(path, name))
 
     walk(root, tree, canonical_path(root))
+    report.missing.sort()
+    report.unconsumed.sort()
     if report.missing and not allow_missing:
         errors.extend(f"{p}: the build has an object with state here but the tree has no node "
                       "for it" for p in report.missing)
@@ -158,7 +162,7 @@ def load_tree(tree: dict[str, Any], root: Object, *, allow_missing: bool = False
         for obj in done:
             try:
                 obj.post_load()
-            except Exception:  # noqa: BLE001 - best effort resync, original error wins
+            except Exception:
                 pass
         what = f"{e.__class__.__name__}: {e}" if not isinstance(e, MigtreeError) else str(e)
         raise LoadError(f"{canonical_path(obj)}: post_load failed, every object was given "

@@ -25,7 +25,17 @@ import attrs
 from .blob import Blob as BlobValue
 from .errors import RegistryError, StateError
 from .fields import (
-    Array, Blob, Bool, Bytes, Int, Optional, Str, Struct, WireType, since_of, wire_of,
+    Array,
+    Blob,
+    Bool,
+    Bytes,
+    Int,
+    Optional,
+    Str,
+    Struct,
+    WireType,
+    since_of,
+    wire_of,
 )
 from .qom import RESERVED_KEYS
 
@@ -485,7 +495,7 @@ def check_state_class(cls: type, label: str) -> None:
             check_state_class(wire.cls, label)
     try:
         cls()
-    except Exception as e:  # noqa: BLE001 - any failure means no usable default
+    except Exception as e:
         raise RegistryError(f"{label}: {cls.__name__}() must construct a default state: {e}") from e
 
 
