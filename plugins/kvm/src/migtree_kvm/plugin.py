@@ -1,0 +1,1 @@
+"""migtree plugin for the KVM backend: hook implementations live here (phase 2)."""
