@@ -1,0 +1,59 @@
+"""Fixtures that make real QEMU migration streams, once per test session.
+
+Streams, disks and ``-dump-vmstate`` dumps are written under the session's
+pytest temporary directory and reused by every test that asks for them.
+Tests that need QEMU skip (saying so) only when ``qemu-system-x86_64`` is
+not installed; KVM configurations skip when ``/dev/kvm`` is not usable.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import qemu_streams  # noqa: E402
+from qemu_streams import MATRIX, QEMU, StreamConfig, kvm_usable  # noqa: E402
+
+
+def need_qemu(cfg: StreamConfig | None = None) -> None:
+    if QEMU is None:
+        pytest.skip("qemu-system-x86_64 is not installed (Debian: qemu-system-x86)")
+    if cfg is not None and cfg.accel == "kvm" and not kvm_usable():
+        pytest.skip("/dev/kvm is not usable here; KVM streams cannot be made")
+
+
+class StreamFactory:
+    """Makes (once) and returns the stream for a :class:`StreamConfig`."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.cache: dict[StreamConfig, Path] = {}
+
+    def __call__(self, cfg: StreamConfig) -> Path:
+        need_qemu(cfg)
+        if cfg not in self.cache:
+            self.cache[cfg] = qemu_streams.make_stream(cfg, self.root)
+        return self.cache[cfg]
+
+    def dump_vmstate(self, machine: str = "pc") -> Path:
+        need_qemu()
+        return qemu_streams.dump_vmstate(self.root, machine)
+
+
+@pytest.fixture(scope="session")
+def streams(tmp_path_factory: pytest.TempPathFactory) -> StreamFactory:
+    return StreamFactory(tmp_path_factory.mktemp("qemu-streams"))
+
+
+@pytest.fixture(scope="session")
+def base_stream(streams: StreamFactory) -> Path:
+    """The simplest stream: pc, TCG, one vCPU, virtio-blk disk, paused."""
+    return streams(StreamConfig())
+
+
+def matrix_ids() -> list[str]:
+    return [c.name for c in MATRIX]
