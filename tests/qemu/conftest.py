@@ -15,8 +15,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-import qemu_streams  # noqa: E402
-from qemu_streams import MATRIX, QEMU, StreamConfig, kvm_usable  # noqa: E402
+import qemu_streams
+from qemu_streams import MATRIX, QEMU, StreamConfig, kvm_usable
 
 
 def need_qemu(cfg: StreamConfig | None = None) -> None:

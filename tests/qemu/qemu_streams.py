@@ -108,7 +108,7 @@ class QemuVM:
         self.proc: subprocess.Popen | None = None
         self.qmp: QMPClient | None = None
 
-    def start(self) -> "QemuVM":
+    def start(self) -> QemuVM:
         self._logf = open(self.log, "wb")
         self.proc = subprocess.Popen(
             self.argv, stdin=subprocess.DEVNULL, stdout=self._logf, stderr=self._logf
@@ -144,7 +144,7 @@ class QemuVM:
             self._logf.close()
         shutil.rmtree(self.sock.parent, ignore_errors=True)
 
-    def __enter__(self) -> "QemuVM":
+    def __enter__(self) -> QemuVM:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

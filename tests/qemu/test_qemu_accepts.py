@@ -9,6 +9,8 @@ from qemu_streams import MATRIX, QemuVM, StreamConfig, load_stream
 
 from migtree_qemu import qevm
 
+pytestmark = pytest.mark.qemu
+
 
 def _write(stream: qevm.QemuStream, path: Path) -> Path:
     with open(path, "wb") as f:
@@ -49,6 +51,7 @@ def _info_registers(vm: QemuVM) -> str:
     [StreamConfig(machine="pc", accel="tcg"), StreamConfig(machine="q35", accel="kvm")],
     ids=["pc-tcg", "q35-kvm"],
 )
+
 def test_edited_register_reaches_qemu_and_comes_back(streams, cfg, tmp_path) -> None:
     """Change the guest's RAX and the RTC's CMOS seconds byte in the decoded
     stream; QEMU shows the new RAX, and migrating it out again carries both."""

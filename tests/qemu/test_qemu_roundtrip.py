@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 
 import pytest
 from qemu_streams import MATRIX, StreamConfig
@@ -11,6 +10,9 @@ from qemu_streams import MATRIX, StreamConfig
 from migtree_qemu import qevm
 from migtree_qemu.errors import QemuEncodeError
 from migtree_qemu.vmstate import NULLPTR, VMStateObject, qemu_json
+
+pytestmark = pytest.mark.qemu
+
 
 
 @pytest.mark.parametrize("cfg", MATRIX, ids=[c.name for c in MATRIX])
@@ -72,7 +74,8 @@ def test_fields_are_typed_ints_not_strings(base_stream) -> None:
         for path, f in (p for d in s.devices() for p in d.state.walk()):
             vals = f.value if f.array_len is not None else [f.value]
             for v in vals:
-                assert isinstance(v, (int, bool, float, bytes, list, VMStateObject)) or v is NULLPTR, path
+                leaf = (int, bool, float, bytes, list, VMStateObject)
+                assert isinstance(v, leaf) or v is NULLPTR, path
                 assert not isinstance(v, str), path
 
 

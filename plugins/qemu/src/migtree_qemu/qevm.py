@@ -31,7 +31,8 @@ from __future__ import annotations
 import json
 import mmap
 import os
-from typing import Any, BinaryIO, Callable, Iterator, Union
+from collections.abc import Callable, Iterator
+from typing import Any, BinaryIO
 
 import attrs
 
@@ -210,7 +211,7 @@ class Command:
     offset: int = 0
 
 
-Item = Union[Section, Command]
+Item = Section | Command
 
 
 class _Source:
@@ -291,7 +292,7 @@ class QemuStream:
         if self.source is not None:
             self.source.close()
 
-    def __enter__(self) -> "QemuStream":
+    def __enter__(self) -> QemuStream:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -302,8 +303,10 @@ def _describe_section(s: Section) -> dict[str, Any]:
     body = s.state
     inner = describe_object(body)
     d: dict[str, Any] = {}
-    for k in s.desc_keys or ("name", "instance_id", "vmsd_name", "version",
-                             "fields", "subsections"):
+    keys = list(s.desc_keys or ("name", "instance_id", "vmsd_name", "version", "fields"))
+    if "vmsd_name" in keys and "subsections" not in keys:
+        keys.append("subsections")  # QEMU writes it only when there are some
+    for k in keys:
         if k == "name":
             d[k] = s.idstr
         elif k == "instance_id":
@@ -320,7 +323,7 @@ def _describe_section(s: Section) -> dict[str, Any]:
 # ---------------------------------------------------------------------------
 # reading
 
-RamMode = Union[str, Callable[[str, int, Any], None]]
+RamMode = str | Callable[[str, int, Any], None]
 
 
 def find_vmdesc(buf: Any) -> tuple[int, dict[str, Any]] | None:
@@ -555,7 +558,8 @@ class _Reader:
             obj.fields.append(Field("caps_count", "uint32", count))
             caps = []
             for _ in range(count):
-                caps.append(cur.take(cur.uint(1, "capability length"), "capability").decode("latin-1"))
+                n = cur.uint(1, "capability length")
+                caps.append(cur.take(n, "capability").decode("latin-1"))
             self.capabilities = caps
             obj.fields.append(Field("capabilities", "capability", caps, array_len=count,
                                     keys=("name", "array_len", "type", "size")))
@@ -618,14 +622,7 @@ class _Reader:
         cur.need(1, "section footer")
         b = cur.buf[cur.pos]
         if b != SECTION_FOOTER:
-            described = (" as the vmdesc describes it" if sec.kind == SECTION_FULL else "")
-            raise self.err(
-                QemuFooterError,
-                f"missing section footer: expected 0x7e after the "
-                f"{sec.kind_name} section's body{described}, found 0x{b:02x} "
-                f"(the footer is missing or the body is not what the vmdesc says)",
-                off,
-            )
+            raise self.footer_error(sec, off, b)
         cur.pos += 1
         sid = cur.uint(4, "footer section id")
         if sid != sec.section_id:
@@ -634,6 +631,33 @@ class _Reader:
                 f"section footer names section id {sid}, expected {sec.section_id}",
                 off,
             )
+
+    def footer_error(self, sec: Section, off: int, found: int) -> QemuStreamError:
+        """No footer where the body ends: tell a missing footer from a body
+        whose vmdesc sizes disagree with the bytes, by looking for this
+        section's footer nearby."""
+        footer = bytes([SECTION_FOOTER]) + sec.section_id.to_bytes(4, "big")
+        body_start = sec.offset
+        ahead = self.buf.find(footer, off + 1, min(off + (1 << 20), len(self.buf)))
+        behind = self.buf.rfind(footer, body_start, off + len(footer) - 1)
+        near = [p for p in (ahead, behind) if p >= 0]
+        real = min(near, key=lambda p: abs(p - off)) if near else -1
+        if sec.kind == SECTION_FULL and real >= 0:
+            delta = real - off
+            return self.err(
+                QemuVmdescMismatchError,
+                f"vmdesc disagrees with the bytes: decoding the section as the "
+                f"vmdesc describes it ends at byte {off}, but its footer is at "
+                f"{real} ({delta:+d} bytes)",
+                off,
+            )
+        return self.err(
+            QemuFooterError,
+            f"missing section footer: expected 0x7e + section id "
+            f"{sec.section_id} after the {sec.kind_name} section's body, "
+            f"found byte 0x{found:02x}",
+            off,
+        )
 
     # -- device sections --------------------------------------------------
     def read_device(self, sec: Section) -> tuple[Any, tuple[str, ...]]:
@@ -746,7 +770,8 @@ class _Reader:
                 if mode == "reference":
                     records.append(RamRecord(flags, addr, block, PageRef(cur.pos)))
                 elif mode == "copy":
-                    records.append(RamRecord(flags, addr, block, bytes(buf[cur.pos:cur.pos + page])))
+                    data = bytes(buf[cur.pos : cur.pos + page])
+                    records.append(RamRecord(flags, addr, block, data))
                 else:
                     body.dropped_pages += 1
                     if callable(mode):
@@ -761,7 +786,9 @@ class _Reader:
                 start = cur.pos
                 enc = cur.uint(1, "XBZRLE encoding")
                 if enc != 1:
-                    raise self.err(QemuStreamError, f"XBZRLE encoding flag {enc}, expected 1", start)
+                    raise self.err(
+                        QemuStreamError, f"XBZRLE encoding flag {enc}, expected 1", start
+                    )
                 n = cur.uint(2, "XBZRLE length")
                 cur.take(n, "XBZRLE data")
                 records.append(RamRecord(flags, addr, block, bytes(buf[start:cur.pos])))
@@ -785,7 +812,8 @@ class _Reader:
         ignore_shared = "x-ignore-shared" in self.capabilities
         while remaining > 0:
             start = cur.pos
-            name = cur.take(cur.uint(1, "RAM block name length"), "RAM block name").decode("latin-1")
+            n = cur.uint(1, "RAM block name length")
+            name = cur.take(n, "RAM block name").decode("latin-1")
             cur.path = [name]
             length = cur.uint(8, "RAM block length")
             info = RamBlockInfo(name, length)

@@ -41,7 +41,7 @@ class QMPClient:
     @classmethod
     def connect(
         cls, path: str, timeout: float = 30.0, process: Any | None = None
-    ) -> "QMPClient":
+    ) -> QMPClient:
         """Connect to QEMU's QMP socket at *path*, retrying until *timeout*.
 
         If *process* (a :class:`subprocess.Popen`) is given and exits before
@@ -83,7 +83,7 @@ class QMPClient:
             self._sock.close()
             self._sock = None
 
-    def __enter__(self) -> "QMPClient":
+    def __enter__(self) -> QMPClient:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -28,7 +28,8 @@ from __future__ import annotations
 
 import math
 import struct
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import attrs
 
@@ -74,9 +75,9 @@ OPAQUE_TYPES = frozenset(
 class _NullPtr:
     """Placeholder QEMU writes for a NULL entry of an array of pointers."""
 
-    _instance: "_NullPtr | None" = None
+    _instance: _NullPtr | None = None
 
-    def __new__(cls) -> "_NullPtr":
+    def __new__(cls) -> _NullPtr:
         if cls._instance is None:
             cls._instance = super().__new__(cls)
         return cls._instance
@@ -103,11 +104,14 @@ class VMStateObject:
 
     vmsd_name: str
     version: int
-    fields: list["Field"] = attrs.field(factory=list)
-    subsections: list["VMStateObject"] = attrs.field(factory=list)
+    fields: list[Field] = attrs.field(factory=list)
+    subsections: list[VMStateObject] = attrs.field(factory=list)
+    #: where it started in the stream it was decoded from (for a subsection:
+    #: its marker byte); not part of the value
+    offset: int | None = attrs.field(default=None, eq=False, repr=False)
 
     # -- convenience access -----------------------------------------------
-    def field(self, name: str, index: int | None = None) -> "Field":
+    def field(self, name: str, index: int | None = None) -> Field:
         """The field called *name* (and with vmdesc ``index`` *index*, for
         arrays QEMU describes element by element)."""
         for f in self.fields:
@@ -124,7 +128,7 @@ class VMStateObject:
     def __contains__(self, name: str) -> bool:
         return any(f.name == name for f in self.fields)
 
-    def subsection(self, name: str) -> "VMStateObject":
+    def subsection(self, name: str) -> VMStateObject:
         """The subsection *name*; a short name (``"timer"``) is taken
         relative to this object (``"apic/timer"``)."""
         for s in self.subsections:
@@ -132,7 +136,7 @@ class VMStateObject:
                 return s
         raise KeyError(name)
 
-    def walk(self, prefix: str = "") -> Iterator[tuple[str, "Field"]]:
+    def walk(self, prefix: str = "") -> Iterator[tuple[str, Field]]:
         """Yield ``(path, field)`` for every field, depth first, including
         fields of structs and subsections."""
         for f in self.fields:
@@ -285,7 +289,8 @@ def decode_object(
     """Decode the fields and subsections *desc* (a vmdesc object with
     ``vmsd_name``, ``version``, ``fields`` and maybe ``subsections``)
     describes, starting at ``cur.pos``."""
-    obj = VMStateObject(desc.get("vmsd_name", ""), desc.get("version", 0))
+    obj = VMStateObject(desc.get("vmsd_name", ""), desc.get("version", 0),
+                        offset=cur.pos)
     for fdesc in desc.get("fields", []):
         name = fdesc["name"]
         n = fdesc.get("array_len")
@@ -357,6 +362,7 @@ def _decode_subsection(cur: Cursor, sdesc: dict[str, Any]) -> VMStateObject:
             **cur.where(cur.pos - 4),
         )
     obj = decode_object(cur, sdesc)
+    obj.offset = start
     cur.path.pop()
     return obj
 
