@@ -105,8 +105,11 @@ def migtree_register_workloads(register):
 
     :param register: call ``register(workload)`` with a
         :class:`migtree.build.Workload`: a name, ``applies(machine) -> bool``,
-        ``start(machine)``, ``finish(machine)`` and ``expected(machine)``
-        (the outcome a build that never migrated would reach).
+        ``start(machine, seed)`` (on the source: leave work in flight),
+        ``finish(machine)`` (on the destination, or on a reference build that
+        never migrated) and ``check(machine) -> dict`` (a summary of the
+        outcome, compared between the destination and the reference).
+        Workload names are unique across plugins.
     :return: ignored.
 
     .. versionadded:: 0.1

@@ -22,6 +22,8 @@ class PluginRecord:
     name: str
     version: str | None = None
     module: str | None = None
+    #: entry-point name -> module path, for each of the distribution's entry points
+    entry_points: dict[str, str] = attrs.Factory(dict)
     hooks: list[str] = attrs.Factory(list)
     types: list[str] = attrs.Factory(list)
     filters: list[str] = attrs.Factory(list)
@@ -41,6 +43,10 @@ class Registry:
         self.decoders: dict[tuple[str, str], Any] = {}
         self.workloads: dict[str, Any] = {}
         self.plugins: dict[str, PluginRecord] = {}
+        #: installed distributions not loaded on purpose -> why (allow/deny lists)
+        self.skipped: dict[str, str] = {}
+        #: problems with the plugin configuration that are not one plugin's error
+        self.warnings: list[str] = []
         self.pm: Any = None  # the pluggy PluginManager, once plugins are loaded
 
     def record(self, plugin: str) -> PluginRecord:
@@ -73,6 +79,7 @@ class Registry:
         name = getattr(backend, "name", None)
         if not isinstance(name, str) or not name:
             raise RegistryError(f"{plugin}: a backend needs a name, got {backend!r}")
+        _need_callables(backend, f"backend {name!r}", plugin, "create_cpus", "available")
         if name in self.backends:
             raise RegistryError(f"backend {name!r} registered twice: by "
                                 f"{self.backends[name].plugin} and by {plugin}")
@@ -84,6 +91,7 @@ class Registry:
         name = getattr(fmt, "name", None)
         if not isinstance(name, str) or not name:
             raise RegistryError(f"{plugin}: a stream format needs a name, got {fmt!r}")
+        _need_callables(fmt, f"stream format {name!r}", plugin, "sniff", "read")
         if name in self.formats:
             raise RegistryError(f"stream format {name!r} registered twice: by "
                                 f"{self.formats[name].plugin} and by {plugin}")
@@ -92,7 +100,12 @@ class Registry:
         self.record(plugin).formats.append(name)
 
     def register_decoder(self, dec: Any, *, plugin: str = "<in-process>") -> None:
-        key = (dec.format, dec.key)
+        fmt, k = getattr(dec, "format", None), getattr(dec, "key", None)
+        if not (isinstance(fmt, str) and fmt and isinstance(k, str) and k):
+            raise RegistryError(f"{plugin}: an opaque decoder needs a format and a key, "
+                                f"got {dec!r}")
+        _need_callables(dec, f"opaque decoder {fmt}:{k}", plugin, "decode", "encode")
+        key = (fmt, k)
         if key in self.decoders:
             raise RegistryError(f"opaque decoder {dec.format}:{dec.key} registered twice: by "
                                 f"{self.decoders[key].plugin} and by {plugin}")
@@ -101,6 +114,10 @@ class Registry:
         self.record(plugin).decoders.append(f"{dec.format}:{dec.key}")
 
     def register_workload(self, wl: Any, *, plugin: str = "<in-process>") -> None:
+        name = getattr(wl, "name", None)
+        if not isinstance(name, str) or not name:
+            raise RegistryError(f"{plugin}: a workload needs a name, got {wl!r}")
+        _need_callables(wl, f"workload {name!r}", plugin, "applies", "start", "finish")
         if wl.name in self.workloads:
             raise RegistryError(f"workload {wl.name!r} registered twice: by "
                                 f"{self.workloads[wl.name].plugin} and by {plugin}")
@@ -115,3 +132,9 @@ class Registry:
         from .plugins import register_plugin
 
         register_plugin(self, module, name or getattr(module, "__name__", repr(module)))
+
+
+def _need_callables(item: Any, what: str, plugin: str, *names: str) -> None:
+    missing = [n for n in names if not callable(getattr(item, n, None))]
+    if missing:
+        raise RegistryError(f"{plugin}: {what} has no callable {', '.join(missing)}")
