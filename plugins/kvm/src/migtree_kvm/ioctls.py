@@ -39,6 +39,8 @@ from collections.abc import Iterable, Mapping
 from types import TracebackType
 from typing import Self, TypeVar
 
+from migtree.errors import MigtreeError
+
 __all__ = [
     "KVM_PATH",
     "KVM_API_VERSION",
@@ -196,7 +198,7 @@ KVM_CAP_X2APIC_API = 129
 # --- errors ------------------------------------------------------------------
 
 
-class KvmUnavailable(RuntimeError):
+class KvmUnavailable(MigtreeError):
     """``/dev/kvm`` is missing, not accessible, or speaks another API version.
 
     ``str()`` is ``KVM is not available: /dev/kvm: Permission denied``.
@@ -208,7 +210,7 @@ class KvmUnavailable(RuntimeError):
         super().__init__(f"KVM is not available: {path}: {reason}")
 
 
-class KvmError(OSError):
+class KvmError(MigtreeError, OSError):
     """A KVM ioctl failed.
 
     ``ioctl`` is the ioctl's name, ``errno``/``strerror`` the kernel's answer.

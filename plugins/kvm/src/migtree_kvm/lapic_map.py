@@ -95,6 +95,8 @@ import struct
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
+from migtree.errors import MigtreeError
+
 from .ioctls import KVM_APIC_REG_SIZE
 
 __all__ = [
@@ -178,7 +180,7 @@ _RANGES = {
 }
 
 
-class LapicMappingError(ValueError):
+class LapicMappingError(MigtreeError, ValueError):
     """A value cannot be carried between the register page and the fields.
 
     The message names the field and why: ``apicbase: MSR value 0x1fee00900

@@ -1,0 +1,419 @@
+"""The kvm plugin in builds: kvm-apic on real vCPUs, the backend, and the
+kvm-apic <-> apic@3 filters, registered statically and dynamically.
+
+Issue 5's three kernel scenarios are here: kvm -> apic (save a kvm build,
+filter, load into a userspace-APIC build), apic -> kvm (filter, load into a
+kvm build, read the kernel back), and kvm -> apic -> kvm through both
+filters. The userspace side is ``kvm_standins`` until migtree-apic is
+installed here: it checks the filtered state against the ``apic@3`` schema,
+not the model's interrupt delivery.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+from hypothesis import given
+from kvm_helpers import (
+    apic_states,
+    apply_filters,
+    carried,
+    masked,
+    reg,
+    requires_kvm,
+    set_bit,
+    vectors,
+    xapic_bases,
+)
+from kvm_standins import ApicV3State, StandInApicPlugin
+
+import migtree_kvm.plugin as kvm_plugin
+from migtree import builtin
+from migtree.build import load_build
+from migtree.errors import BuildError, LoadError
+from migtree.registry import Registry
+from migtree.tree import get_node, iter_object_nodes, load_tree, own_fields, save_tree
+from migtree.visitor import node_to_state, schema_of, state_to_node
+from migtree_kvm.backend import KvmAccel, accel_of, create_cpus
+from migtree_kvm.device import RESET_PAGE, KvmApic, KvmApicState
+from migtree_kvm.filters import (
+    BACKWARD,
+    FORWARD,
+    PAIR,
+    apic_to_kvm_apic,
+    kvm_apic_to_apic,
+)
+from migtree_kvm.lapic_map import (
+    apic_state_to_page,
+    covered_mask,
+    kernel_computed_mask,
+    page_to_apic_state,
+)
+
+LAPIC0 = "/machine/unattached/device[0]/lapic"
+LAPIC1 = "/machine/unattached/device[1]/lapic"
+KEEP = bytes(~m & 0xFF for m in kernel_computed_mask())
+
+
+@pytest.fixture
+def registry():
+    reg_ = Registry()
+    reg_.add_plugin(builtin, "migtree")
+    reg_.add_plugin(kvm_plugin, "migtree-kvm")
+    reg_.add_plugin(StandInApicPlugin(), "migtree-apic-standin")
+    return reg_
+
+
+@pytest.fixture
+def kvm_build(registry):
+    build = load_build({"name": "src", "machine": {"backend": "kvm", "cpus": 2}}, registry)
+    with accel_of(build.machine):
+        yield build
+
+
+@pytest.fixture
+def kvm_build2(registry):
+    build = load_build({"name": "dst", "machine": {"backend": "kvm", "cpus": 2}}, registry)
+    with accel_of(build.machine):
+        yield build
+
+
+@pytest.fixture
+def user_build(registry):
+    return load_build({"name": "user", "machine": {"backend": "userspace", "cpus": 2}}, registry)
+
+
+def static(registry, name):
+    return [registry.filters[name]]
+
+
+def lapic(build, path=LAPIC0):
+    from migtree.qom import resolve_path
+
+    return resolve_path(build.root, path)
+
+
+# --- registration, no kernel -----------------------------------------------------
+
+
+def test_hook_registrations(registry):
+    rec = registry.plugins["migtree-kvm"]
+    assert rec.types == ["kvm-apic@1"]
+    assert rec.filters == [FORWARD, BACKWARD]
+    assert rec.backends == ["kvm"]
+    fwd, back = registry.filters[FORWARD], registry.filters[BACKWARD]
+    assert (str(fwd.match), str(fwd.produces)) == ("kvm-apic@1", "apic@3")
+    assert (str(back.match), str(back.produces)) == ("apic@3", "kvm-apic@1")
+    assert fwd.pair == back.pair == PAIR
+    assert not fwd.dynamic and not back.dynamic
+    info = registry.types.lookup("kvm-apic")
+    assert (info.parent, info.abstract, info.version) == ("device", False, 1)
+
+
+def test_kvm_apic_state_is_the_page_and_the_msr():
+    assert schema_of(KvmApicState, 1) == [
+        {"name": "regs", "kind": "bytes", "length": 1024},
+        {"name": "apicbase", "kind": "u64"},
+    ]
+    state = KvmApicState()
+    assert state.regs == RESET_PAGE and state.apicbase == 0xFEE0_0900
+    node = state_to_node(KvmApicState, state, 1)
+    assert node_to_state(KvmApicState, node, 1) == state
+    fields = page_to_apic_state(RESET_PAGE, 0xFEE0_0900)
+    assert fields["spurious_vec"] == 0xFF and fields["dest_mode"] == 0xF
+    assert fields["lvt"] == [1 << 16, 1 << 16, 1 << 16, 0x700, 1 << 16, 1 << 16]
+
+
+def test_kvm_backend_needs_x86_cpu():
+    reg_ = Registry()
+    reg_.add_plugin(builtin, "migtree")
+    reg_.add_plugin(kvm_plugin, "migtree-kvm")
+    with pytest.raises(BuildError, match="needs the 'x86-cpu' type"):
+        load_build({"machine": {"backend": "kvm"}}, reg_)
+
+
+# --- the filters, no kernel --------------------------------------------------------
+
+
+def kvm_node(regs: bytes, apicbase: int) -> dict:
+    return {"__type__": "kvm-apic", "__version__": 1, "regs": regs, "apicbase": apicbase}
+
+
+def apic_node(fields: dict) -> dict:
+    return {"__type__": "apic", "__version__": 3, **fields}
+
+
+@given(apic_states())
+def test_apic_to_kvm_to_apic_is_the_identity(fields):
+    node = apic_node(copy.deepcopy(fields))
+    back = kvm_apic_to_apic(apic_to_kvm_apic(node))
+    assert back == apic_node(fields)  # the stash was consumed
+
+
+@given(apic_states(apicbase=xapic_bases))
+def test_filtered_apic_node_fits_the_apic_v3_schema(fields):
+    regs, base = apic_state_to_page(fields)
+    node = kvm_apic_to_apic(kvm_node(regs, base))
+    state = node_to_state(ApicV3State, node, 3, LAPIC0)
+    assert state_to_node(ApicV3State, state, 3) == own_fields(node)
+
+
+def test_kvm_to_apic_to_kvm_is_the_identity_for_any_page():
+    for seed in range(16):
+        regs = bytes((seed * 97 + i * 13 + (i >> 5)) & 0xFF for i in range(1024))
+        node = kvm_node(regs, 0xFEE0_0900)
+        back = apic_to_kvm_apic(kvm_apic_to_apic(node))
+        assert (back["regs"], back["apicbase"]) == (regs, 0xFEE0_0900)
+        assert own_fields(back) == own_fields(kvm_node(regs, 0xFEE0_0900))
+
+
+def test_forward_stashes_only_what_backward_would_not_rewrite():
+    node = kvm_apic_to_apic(kvm_node(RESET_PAGE, 0xFEE0_0900))
+    assert "__stash__" not in node  # a page as QEMU writes it loses nothing
+    page = bytearray(RESET_PAGE)
+    page[0x30] = 0x14  # the version register: the kernel's, not a field
+    node = kvm_apic_to_apic(kvm_node(bytes(page), 0xFEE0_0900))
+    assert node["__stash__"] == {PAIR: {"regs": bytes(page)}}
+
+
+def test_backward_stashes_the_timer_phase():
+    fields = page_to_apic_state(RESET_PAGE, 0xFEE0_0900, now_ns=5000)
+    fields["arb_id"] = 3
+    node = apic_to_kvm_apic(apic_node(fields))
+    assert node["__stash__"] == {PAIR: {"initial_count_load_time": 5000, "arb_id": 3}}
+    assert set(own_fields(node)) == {"regs", "apicbase"}
+
+
+def test_backward_refuses_a_field_that_does_not_fit():
+    fields = page_to_apic_state(RESET_PAGE, 0xFEE0_0900)
+    fields["dest_mode"] = 0x1F
+    with pytest.raises(Exception, match="dest_mode: 0x1f does not fit DFR bits 31:28"):
+        apic_to_kvm_apic(apic_node(fields))
+
+
+# --- the real kernel -------------------------------------------------------------
+
+
+@requires_kvm
+def test_kvm_backend_builds_cpus_with_kernel_apics(kvm_build):
+    assert kvm_build.backend.name == "kvm"
+    assert kvm_build.backend.available() == (True, "")
+    for index, path in enumerate((LAPIC0, LAPIC1)):
+        dev = lapic(kvm_build, path)
+        assert isinstance(dev, KvmApic) and dev.vcpu.vcpu_id == index
+        assert dev.parent.TYPE == "x86-cpu"
+        # realize read what the kernel created
+        assert masked(dev.state.regs, KEEP) == masked(dev.vcpu.get_lapic(), KEEP)
+        assert reg(dev.state.regs, 0x02) == index << 24
+        assert dev.state.apicbase == (0xFEE0_0900 if index == 0 else 0xFEE0_0800)
+
+
+@requires_kvm
+def test_closing_the_accel_closes_every_fd(registry):
+    import os
+
+    before = set(os.listdir("/proc/self/fd"))
+    build = load_build({"machine": {"backend": "kvm", "cpus": 3}}, registry)
+    accel = accel_of(build.machine)
+    assert len(set(os.listdir("/proc/self/fd")) - before) == 5  # kvm, vm, 3 vcpus
+    accel.close()
+    assert set(os.listdir("/proc/self/fd")) == before
+    assert all(lapic(build, p).vcpu.closed for p in (LAPIC0, LAPIC1))
+
+
+@requires_kvm
+def test_kvm_backend_refuses_a_machine_twice(kvm_build, registry):
+    with pytest.raises(BuildError, match="already created"):
+        create_cpus(kvm_build.machine, 1, registry)
+
+
+@requires_kvm
+def test_dynamic_filters_come_with_the_objects_that_need_them(kvm_build, user_build):
+    """The proposal's flow: a userspace apic, when instantiated, registers
+    kvm-apic -> apic for its own path; a kvm-apic registers the way back."""
+    dyn = {f.name: f for f in user_build.dynamic_filters}
+    name = "kvm-apic-to-apic:machine.unattached.device-0.lapic"
+    assert set(dyn) == {name, "kvm-apic-to-apic:machine.unattached.device-1.lapic"}
+    f = dyn[name]
+    assert (f.path, f.dynamic, f.plugin, f.pair) == (LAPIC0, True, "migtree-kvm", PAIR)
+    assert (str(f.match), str(f.produces)) == ("kvm-apic@1", "apic@3")
+    assert f.priority > kvm_build.registry.filters[FORWARD].priority
+    back = {f.name for f in kvm_build.dynamic_filters}
+    assert back == {
+        "apic-to-kvm-apic:machine.unattached.device-0.lapic",
+        "apic-to-kvm-apic:machine.unattached.device-1.lapic",
+    }
+    # with both available the dynamic one is chosen for its path
+    tree = save_tree(kvm_build.root)
+    applied = apply_filters(tree, [f for f in user_build.filters() if f.match.type == "kvm-apic"])
+    assert applied == [
+        (name, LAPIC0),
+        ("kvm-apic-to-apic:machine.unattached.device-1.lapic", LAPIC1),
+    ]
+
+
+def program_vcpu(vcpu):
+    """Pending and in-service vectors, TPR, LVT entries and a timer count,
+    straight into the kernel with KVM_SET_LAPIC."""
+    fields = page_to_apic_state(vcpu.get_lapic(), vcpu.get_apic_base())
+    fields["spurious_vec"] = 0x1FF
+    fields["tpr"] = 0x30
+    for v in (0x41, 0x55, 0xA7):
+        set_bit(fields["irr"], v)
+    for v in (0x62, 0x81):
+        set_bit(fields["isr"], v)
+    set_bit(fields["tmr"], 0x55)
+    fields["lvt"] = [0x0002_00EC, 0x1_00E1, 0x4FE, 0x700, 0x400, 0xFE]
+    fields["initial_count"] = 0x00FF_FFFF
+    fields["divide_conf"] = 0b1001  # divide by 64
+    fields["count_shift"] = 6
+    page, _ = apic_state_to_page(fields)
+    vcpu.set_lapic(page)
+    return fields
+
+
+@requires_kvm
+def test_kvm_to_userspace_apic(kvm_build, user_build):
+    """KVM_SET_LAPIC -> save the kvm build -> kvm-apic -> apic@3 -> load into
+    a userspace-APIC build: every carried field arrives; the timer restarts."""
+    src = lapic(kvm_build)
+    programmed = program_vcpu(src.vcpu)
+    tree = save_tree(kvm_build.root)  # pre_save reads the kernel
+    kernel_page = src.vcpu.get_lapic()
+    assert masked(get_node(tree, LAPIC0)["regs"], KEEP) == masked(kernel_page, KEEP)
+
+    applied = apply_filters(tree, static(kvm_build.registry, FORWARD))
+    assert [p for _, p in applied] == [LAPIC0, LAPIC1]
+    load_tree(tree, user_build.root)
+    got = attrs_dict(lapic(user_build).state)
+    assert carried(got) == carried(programmed)
+    assert vectors(got["irr"]) == [0x41, 0x55, 0xA7]
+    assert vectors(got["isr"]) == [0x62, 0x81]
+    assert vectors(got["tmr"]) == [0x55]
+    assert got["count_shift"] == 6
+    # the timer, as QEMU: loaded at now (0), first expiry a full period later
+    assert got["initial_count_load_time"] == 0
+    assert got["timer_expiry"] == got["next_time"] == (0x00FF_FFFF + 1) << 6
+
+
+def attrs_dict(state) -> dict:
+    import attrs
+
+    return attrs.asdict(state)
+
+
+@requires_kvm
+def test_userspace_apic_to_kvm(kvm_build, user_build):
+    """apic@3 state -> apic -> kvm-apic -> load (KVM_SET_MSRS, KVM_SET_LAPIC)
+    -> KVM_GET_LAPIC: the kernel holds it, outside the bits it computes."""
+    dev = lapic(user_build)
+    fields = page_to_apic_state(RESET_PAGE, 0xFEE0_0900)
+    fields.update(tpr=0x20, spurious_vec=0x1FF, esr=0x40, icr=[0x4031, 0x0200_0000])
+    for v in (0x35, 0x99):
+        set_bit(fields["irr"], v)
+    set_bit(fields["isr"], 0x51)
+    fields["lvt"][0] = 0x0002_0031
+    fields.update(initial_count=12345, divide_conf=0b0011, count_shift=4)
+    fields.update(initial_count_load_time=777, next_time=777 + (12346 << 4))
+    fields["timer_expiry"] = fields["next_time"]
+    dev.state = ApicV3State(**fields)
+    tree = save_tree(user_build.root)
+    apply_filters(tree, static(user_build.registry, BACKWARD))
+    report = load_tree(tree, kvm_build.root)
+    assert LAPIC0 in report.stashed  # the timer phase, dropped on the way in
+
+    vcpu = lapic(kvm_build).vcpu
+    page, base = apic_state_to_page(fields)
+    assert vcpu.get_apic_base() == base
+    got_page = vcpu.get_lapic()
+    # every bit but version (CPUID), PPR (TPR/ISR) and TMCCT (running timer)
+    assert masked(got_page, KEEP) == masked(page, KEEP)
+    got = page_to_apic_state(got_page, vcpu.get_apic_base())
+    assert carried(got) == carried(fields)
+
+
+@requires_kvm
+def test_kvm_to_apic_to_kvm_keeps_the_kernel_page(kvm_build, kvm_build2):
+    """Both filters, two kernels: the destination kernel's page equals the
+    source's wherever the mapping is exact -- and, thanks to the stash,
+    everywhere but what the kernel computes."""
+    for path in (LAPIC0, LAPIC1):
+        program_vcpu(lapic(kvm_build, path).vcpu)
+    tree = save_tree(kvm_build.root)
+    before = {p: bytes(get_node(tree, p)["regs"]) for p in (LAPIC0, LAPIC1)}
+    apply_filters(tree, static(kvm_build.registry, FORWARD))
+    assert get_node(tree, LAPIC0)["__type__"] == "apic"
+    apply_filters(tree, static(kvm_build.registry, BACKWARD))
+    load_tree(tree, kvm_build2.root)
+    for path in (LAPIC0, LAPIC1):
+        src, dst = lapic(kvm_build, path).vcpu, lapic(kvm_build2, path).vcpu
+        page = dst.get_lapic()
+        assert masked(page, covered_mask()) == masked(before[path], covered_mask())
+        assert masked(page, KEEP) == masked(before[path], KEEP)
+        assert dst.get_apic_base() == src.get_apic_base()
+
+
+@requires_kvm
+def test_a_load_the_kernel_refuses_changes_nothing(kvm_build):
+    """All-or-nothing reaches the kernel: vCPU 1's KVM_SET_MSRS fails, so
+    vCPU 0, already written, gets its previous state back."""
+    cpu0, cpu1 = lapic(kvm_build, LAPIC0), lapic(kvm_build, LAPIC1)
+    old0 = cpu0.vcpu.get_lapic()
+    tree = save_tree(kvm_build.root)
+    fields = page_to_apic_state(get_node(tree, LAPIC0)["regs"], 0xFEE0_0900)
+    fields["tpr"] = 0xB0
+    get_node(tree, LAPIC0)["regs"] = apic_state_to_page(fields)[0]
+    get_node(tree, LAPIC1)["apicbase"] = 0xFEE0_0D00  # x2APIC: no CPUID for it
+    with pytest.raises(LoadError, match="KVM_SET_MSRS failed: MSR 0x1b = 0xfee00d00"):
+        load_tree(tree, kvm_build.root)
+    assert masked(cpu0.vcpu.get_lapic(), KEEP) == masked(old0, KEEP)
+    assert cpu1.vcpu.get_apic_base() == 0xFEE0_0800
+
+
+@requires_kvm
+def test_kernel_delivered_interrupts_survive_the_migration(kvm_build, user_build):
+    """Interrupts the kernel itself accepted (KVM_SIGNAL_MSI) arrive as the
+    userspace apic's pending vectors, level-triggered ones with TMR."""
+    dev = lapic(kvm_build, LAPIC1)
+    page = bytearray(dev.vcpu.get_lapic())
+    page[0xF1] |= 1  # SVR bit 8: software-enable
+    dev.vcpu.set_lapic(bytes(page))
+    accel = accel_of(kvm_build.machine)
+    for data in (0x61, 0xC000 | 0x72, 0x3A):  # to APIC ID 1, physical
+        assert accel.signal_msi(0xFEE0_1000, data) == 1
+    tree = save_tree(kvm_build.root)
+    apply_filters(tree, static(kvm_build.registry, FORWARD))
+    load_tree(tree, user_build.root)
+    got = lapic(user_build, LAPIC1).state
+    assert vectors(got.irr) == [0x3A, 0x61, 0x72]
+    assert vectors(got.tmr) == [0x72]
+    assert vectors(lapic(user_build, LAPIC0).state.irr) == []
+
+
+@pytest.fixture(scope="module")
+def shared_accel():
+    with KvmAccel() as accel:
+        yield accel, KvmApic(vcpu=accel.create_vcpu(0))
+
+
+@requires_kvm
+@given(apic_states(apicbase=xapic_bases))
+def test_any_valid_apic_state_reaches_the_kernel_through_the_filter(shared_accel, fields):
+    """apic@3 -> backward filter -> kvm-apic post_load -> the kernel ->
+    pre_save -> forward filter: every carried field comes back."""
+    _, dev = shared_accel
+    node = apic_to_kvm_apic(apic_node(copy.deepcopy(fields)))
+    dev.state = node_to_state(KvmApicState, node, 1, LAPIC0)
+    dev.post_load()
+    dev.pre_save()
+    back = kvm_apic_to_apic(kvm_node(dev.state.regs, dev.state.apicbase))
+    assert carried(own_fields(back)) == carried(fields)
+
+
+@requires_kvm
+def test_iter_object_nodes_sees_kvm_apics(kvm_build):
+    paths = [
+        p for p, n in iter_object_nodes(save_tree(kvm_build.root)) if n["__type__"] == "kvm-apic"
+    ]
+    assert paths == [LAPIC0, LAPIC1]
