@@ -116,8 +116,9 @@ def apply_filters(tree: dict[str, Any], filters: list, limit: int = 8) -> list[t
     (ties by name), re-matching a rewritten node until nothing matches.
     Returns ``(filter name, path)`` for each application.
 
-    A stand-in until core's engine lands; it only handles filters that
-    neither split nor merge, which is all the kvm plugin has.
+    A stand-in until core's engine lands: no path finding, so pass the
+    filters of one direction only, and no split or merge (the kvm plugin
+    has neither).
     """
     from migtree.filters import FilterContext, TypeVersion
     from migtree.tree import iter_object_nodes

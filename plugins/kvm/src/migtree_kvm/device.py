@@ -23,8 +23,7 @@ from migtree.qom import Device
 from .ioctls import KVM_APIC_REG_SIZE, Vcpu
 from .lapic_map import APIC_FIELDS, apic_state_to_page
 
-#: QEMU's ``apic_reset_common`` for the BSP, as a page: ID 0, SVR 0xff
-#: (software-disabled), DFR flat, every LVT masked but LINT0 (ExtINT).
+#: IA32_APIC_BASE after reset for the BSP: base 0xfee00000, enabled, BSP
 RESET_APICBASE = 0xFEE0_0900
 
 
@@ -40,6 +39,8 @@ def _reset_page() -> bytes:
     return apic_state_to_page(state)[0]
 
 
+#: QEMU's ``apic_reset_common`` for the BSP, as a page: ID 0, SVR 0xff
+#: (software-disabled), DFR flat, every LVT masked but LINT0 (ExtINT)
 RESET_PAGE = _reset_page()
 
 

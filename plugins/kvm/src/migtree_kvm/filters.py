@@ -43,6 +43,7 @@ from migtree.filters import Filter, FilterPair
 
 from .lapic_map import (
     APIC_FIELDS,
+    LapicMappingError,
     apic_state_to_page,
     covered_mask,
     page_to_apic_state,
@@ -63,7 +64,7 @@ def _split(node: dict[str, Any], keys: list[str] | tuple[str, ...]) -> dict[str,
     """Take the state keys out of ``node``; what remains is reserved keys and children."""
     missing = [k for k in keys if k not in node]
     if missing:
-        raise ValueError(f"{node.get('__type__')} node has no {', '.join(missing)}")
+        raise LapicMappingError(f"{node.get('__type__')} node has no {', '.join(missing)}")
     return {k: node.pop(k) for k in keys}
 
 
