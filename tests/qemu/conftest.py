@@ -57,3 +57,22 @@ def base_stream(streams: StreamFactory) -> Path:
 
 def matrix_ids() -> list[str]:
     return [c.name for c in MATRIX]
+
+
+@pytest.fixture(scope="session")
+def guest_artifacts() -> tuple[str, str]:
+    """(kernel, initramfs) of the tiny Linux guest, built once and cached
+    under /tmp (MIGTREE_QEMU_GUEST_CACHE overrides)."""
+    need_qemu()
+    import guest_builder
+
+    try:
+        kernel, initrd = guest_builder.build_guest()
+    except guest_builder.GuestBuildError as exc:
+        pytest.fail(f"cannot build the Linux guest: {exc}")
+    return str(kernel), str(initrd)
+
+
+def linux_config(guest: tuple[str, str], machine: str = "pc") -> StreamConfig:
+    return StreamConfig(machine=machine, accel="tcg", smp=1, memory=128, guest=guest,
+                        running=True)

@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,19 +39,23 @@ class StreamConfig:
     running: bool = False  # let SeaBIOS run before migrating (else -S)
     memory: int = 64
     extra: tuple[str, ...] = field(default=())
+    #: boot the tiny Linux guest of guest_builder.py (kernel, initramfs)
+    guest: tuple[str, str] | None = None
 
     @property
     def name(self) -> str:
         parts = [self.machine, self.accel, f"smp{self.smp}"]
         if self.disk:
             parts.append("vblk")
+        if self.guest:
+            parts.append("linux")
         if self.running:
             parts.append("run")
         if self.memory != 64:
             parts.append(f"m{self.memory}")
         return "-".join(parts)
 
-    def args(self, disk_path: Path | None) -> list[str]:
+    def args(self, disk_path: Path | None, serial: Path | None = None) -> list[str]:
         args = [
             "-nodefaults",
             "-display",
@@ -70,6 +75,11 @@ class StreamConfig:
                 "-device",
                 "virtio-blk-pci,drive=d0,id=vblk0",
             ]
+        if self.guest:
+            kernel, initrd = self.guest
+            args += ["-kernel", kernel, "-initrd", initrd,
+                     "-append", "console=ttyS0 panic=-1", "-no-reboot",
+                     "-serial", f"file:{serial}" if serial else "null"]
         return args + list(self.extra)
 
 
@@ -107,6 +117,7 @@ class QemuVM:
         self.argv += ["-qmp", f"unix:{self.sock},server=on,wait=off"]
         self.proc: subprocess.Popen | None = None
         self.qmp: QMPClient | None = None
+        self.serial: Path | None = None
 
     def start(self) -> QemuVM:
         self._logf = open(self.log, "wb")
@@ -188,35 +199,80 @@ def wait_guest_ran(vm: QemuVM) -> None:
     vm.qmp.wait_until("query-status", left_reset, timeout=60)
 
 
+def wait_serial(vm: QemuVM, log: Path, marker: str, count: int = 1,
+                timeout: float = 180) -> str:
+    """Poll the guest's serial log until *marker* has appeared *count*
+    times; fail with the log if QEMU exits or the time runs out."""
+    deadline = time.monotonic() + timeout
+    while True:
+        text = log.read_text(errors="replace") if log.exists() else ""
+        if text.count(marker) >= count:
+            return text
+        if vm.proc is not None and vm.proc.poll() is not None:
+            raise RuntimeError(f"QEMU exited while waiting for {marker!r}:\n{text[-3000:]}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"no {count} x {marker!r} after {timeout}s:\n{text[-3000:]}")
+        time.sleep(0.2)
+
+
 def make_stream(cfg: StreamConfig, outdir: Path) -> Path:
     """Start QEMU for *cfg*, migrate it to ``outdir/<name>.qevm``; return it.
-    The disk image is kept beside it (``<name>.qcow2``) for loading back."""
+    The disk image is kept beside it (``<name>.qcow2``) for loading back.
+    A Linux guest is migrated once its I/O loop has printed 40 progress
+    lines (``MIGTREE-IO``), with its readers and writer still running."""
     outdir = Path(outdir)
     out = outdir / f"{cfg.name}.qevm"
     if out.exists():
         return out
     disk = make_disk(outdir / f"{cfg.name}.qcow2") if cfg.disk else None
-    args = cfg.args(disk)
+    serial = outdir / f"{cfg.name}-src.serial"
+    args = cfg.args(disk, serial)
     if not cfg.running:
         args.append("-S")
     tmp = out.with_suffix(".part")
     with QemuVM(args, outdir, f"{cfg.name}-src") as vm:
-        if cfg.running:
+        if cfg.guest:
+            wait_serial(vm, serial, "MIGTREE-IO ", count=40)
+        elif cfg.running:
             wait_guest_ran(vm)
         vm.migrate_to_file(tmp)
     tmp.rename(out)
     return out
 
 
-def load_stream(cfg: StreamConfig, stream: Path, outdir: Path, name: str = "dst"):
-    """Start QEMU for *cfg* with ``-incoming defer`` and load *stream*.
-    Returns the running :class:`QemuVM` (caller stops it)."""
+def resave_under_kvm(cfg: StreamConfig, stream: Path, outdir: Path) -> Path:
+    """Load *stream* (written by a TCG QEMU) into a paused KVM QEMU and
+    migrate it out again: a KVM-written stream with a Linux guest's state,
+    although Linux does not boot under this host's KVM (design.md §8)."""
+    kcfg = StreamConfig(machine=cfg.machine, accel="kvm", smp=cfg.smp, disk=cfg.disk,
+                        running=cfg.running, memory=cfg.memory, extra=cfg.extra,
+                        guest=cfg.guest)
+    out = Path(outdir) / f"{kcfg.name}-resaved.qevm"
+    if out.exists():
+        return out
+    disk = Path(outdir) / f"{cfg.name}.qcow2"
+    args = kcfg.args(disk if cfg.disk else None) + ["-S", "-incoming", "defer"]
+    tmp = out.with_suffix(".part")
+    with QemuVM(args, Path(outdir), f"{kcfg.name}-resave") as vm:
+        vm.incoming_from_file(stream)
+        vm.migrate_to_file(tmp)
+    tmp.rename(out)
+    return out
+
+
+def load_stream(cfg: StreamConfig, stream: Path, outdir: Path, name: str = "dst",
+                disk: Path | None = None):
+    """Start QEMU for *cfg* with ``-S -incoming defer`` and load *stream*.
+    Returns the :class:`QemuVM` (paused; caller stops it).  A Linux guest's
+    serial console goes to ``vm.serial``."""
     outdir = Path(outdir)
-    disk = outdir / f"{cfg.name}.qcow2"
+    disk = disk or outdir / f"{cfg.name}.qcow2"
     if cfg.disk:
         make_disk(disk)
-    vm = QemuVM(cfg.args(disk if cfg.disk else None) + ["-incoming", "defer"], outdir,
-                f"{cfg.name}-{name}")
+    serial = outdir / f"{cfg.name}-{name}.serial"
+    vm = QemuVM(cfg.args(disk if cfg.disk else None, serial) + ["-S", "-incoming", "defer"],
+                outdir, f"{cfg.name}-{name}")
+    vm.serial = serial
     vm.start()
     try:
         vm.incoming_from_file(stream)

@@ -1,0 +1,176 @@
+"""Build a tiny Linux guest that keeps its virtio-blk disk busy.
+
+Debian's kernel (``apt-get download linux-image-<abi>-amd64``, unpacked with
+``dpkg -x``) boots an initramfs made here from ``busybox-static`` and the
+virtio modules; its ``/init`` loads the modules and runs ``dd`` readers and
+a writer against ``/dev/vda`` forever, printing ``MIGTREE-IO <n>`` on the
+serial console as it goes.  Streams taken from it have configured virtqueues
+with moved indices (QEMU drains in-flight requests when it stops the VM).
+
+Artifacts are cached in a directory (default ``/tmp/migtree-qemu-guest``);
+nothing here is committed.  By hand::
+
+    python tests/qemu/guest_builder.py [CACHE_DIR]
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+DEFAULT_CACHE = Path(os.environ.get("MIGTREE_QEMU_GUEST_CACHE", "/tmp/migtree-qemu-guest"))
+
+# load order: each module only needs the ones before it
+MODULES = [
+    "drivers/virtio/virtio_ring.ko",
+    "drivers/virtio/virtio.ko",
+    "drivers/virtio/virtio_pci_legacy_dev.ko",
+    "drivers/virtio/virtio_pci_modern_dev.ko",
+    "drivers/virtio/virtio_pci.ko",
+    "drivers/block/virtio_blk.ko",
+]
+
+INIT = r"""#!/bin/busybox sh
+/bin/busybox --install -s /bin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+for m in __MODULES__; do
+  insmod /lib/modules/$m.ko || echo "MIGTREE-INIT insmod $m failed"
+done
+n=0
+while [ ! -b /dev/vda ]; do
+  n=$((n+1)); [ $n -gt 300 ] && echo "MIGTREE-INIT no /dev/vda" && poweroff -f
+  sleep 0.1
+done
+echo "MIGTREE-INIT vda ready"
+reader() {
+  i=$1
+  while true; do
+    dd if=/dev/vda of=/dev/null bs=4096 count=32 skip=$((i % 3000)) iflag=direct 2>/dev/null \
+      || dd if=/dev/vda of=/dev/null bs=4096 count=32 skip=$((i % 3000)) 2>/dev/null
+    i=$((i+37))
+  done
+}
+reader 0 &
+reader 1500 &
+i=0
+while true; do
+  dd if=/dev/urandom of=/dev/vda bs=4096 count=8 seek=$((i % 3000)) oflag=direct \
+     conv=notrunc 2>/dev/null \
+    || dd if=/dev/urandom of=/dev/vda bs=4096 count=8 seek=$((i % 3000)) conv=notrunc,fsync 2>/dev/null
+  i=$((i+1))
+  [ $((i % 20)) = 0 ] && echo "MIGTREE-IO $i"
+done
+"""
+
+
+class GuestBuildError(RuntimeError):
+    pass
+
+
+def _apt_download(names: list[str], dest: Path) -> None:
+    if shutil.which("apt-get") is None:
+        raise GuestBuildError("apt-get is not available to download the guest kernel")
+    r = subprocess.run(["apt-get", "download", *names], cwd=dest, capture_output=True,
+                       text=True)
+    if r.returncode != 0:
+        raise GuestBuildError(f"apt-get download {' '.join(names)} failed:\n{r.stderr}")
+
+
+def _kernel_package() -> str:
+    """The versioned image package linux-image-amd64 depends on."""
+    r = subprocess.run(["apt-cache", "depends", "linux-image-amd64"], capture_output=True,
+                       text=True)
+    for line in r.stdout.splitlines():
+        line = line.strip()
+        if line.startswith("Depends: linux-image-"):
+            return line.split(": ", 1)[1]
+    raise GuestBuildError(
+        "apt-cache knows no linux-image-amd64 (run apt-get update):\n" + r.stdout + r.stderr
+    )
+
+
+# -- a newc cpio writer -------------------------------------------------------
+
+def _cpio_entry(out: bytearray, name: str, mode: int, data: bytes = b"",
+                rdev: tuple[int, int] = (0, 0), ino: int = 0) -> None:
+    fields = [ino, mode, 0, 0, 1, 0, len(data), 0, 0, rdev[0], rdev[1],
+              len(name) + 1, 0]
+    out += b"070701" + b"".join(b"%08X" % f for f in fields)
+    out += name.encode() + b"\0"
+    out += b"\0" * (-len(out) % 4)
+    out += data
+    out += b"\0" * (-len(out) % 4)
+
+
+def build_initramfs(busybox: Path, modules: list[Path], out_path: Path) -> Path:
+    out = bytearray()
+    ino = 1
+    for d in ("bin", "dev", "proc", "sys", "tmp", "lib", "lib/modules"):
+        _cpio_entry(out, d, stat.S_IFDIR | 0o755, ino=ino)
+        ino += 1
+    _cpio_entry(out, "dev/console", stat.S_IFCHR | 0o600, rdev=(5, 1), ino=ino)
+    ino += 1
+    _cpio_entry(out, "bin/busybox", stat.S_IFREG | 0o755, busybox.read_bytes(), ino=ino)
+    ino += 1
+    _cpio_entry(out, "bin/sh", stat.S_IFLNK | 0o777, b"busybox", ino=ino)
+    ino += 1
+    names = []
+    for m in modules:
+        _cpio_entry(out, f"lib/modules/{m.name}", stat.S_IFREG | 0o644, m.read_bytes(),
+                    ino=ino)
+        names.append(m.stem)
+        ino += 1
+    init = INIT.replace("__MODULES__", " ".join(names)).encode()
+    _cpio_entry(out, "init", stat.S_IFREG | 0o755, init, ino=ino)
+    _cpio_entry(out, "TRAILER!!!", 0)
+    out_path.write_bytes(bytes(out))
+    return out_path
+
+
+def build_guest(cache: Path = DEFAULT_CACHE) -> tuple[Path, Path]:
+    """Return ``(kernel, initramfs)``, downloading and building them into
+    *cache* the first time."""
+    cache = Path(cache)
+    kernel_out = cache / "vmlinuz"
+    initrd_out = cache / "initramfs.cpio"
+    if kernel_out.exists() and initrd_out.exists():
+        return kernel_out, initrd_out
+    cache.mkdir(parents=True, exist_ok=True)
+    debs = cache / "debs"
+    debs.mkdir(exist_ok=True)
+    if not glob.glob(str(debs / "linux-image-*.deb")):
+        _apt_download([_kernel_package()], debs)
+    if not glob.glob(str(debs / "busybox-static*.deb")):
+        _apt_download(["busybox-static"], debs)
+    root = cache / "root"
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir()
+    for deb in sorted(debs.glob("*.deb")):
+        subprocess.run(["dpkg", "-x", str(deb), str(root)], check=True)
+    vmlinuz = sorted(root.glob("boot/vmlinuz-*"))
+    if not vmlinuz:
+        raise GuestBuildError("no boot/vmlinuz-* in the kernel package")
+    moddir = sorted(root.glob("lib/modules/*/kernel"))[-1]
+    modules = [moddir / m for m in MODULES]
+    missing = [str(m) for m in modules if not m.exists()]
+    if missing:
+        raise GuestBuildError(f"virtio modules missing from the kernel package: {missing}")
+    busybox = root / "bin" / "busybox"
+    tmp = initrd_out.with_suffix(".tmp")
+    build_initramfs(busybox, modules, tmp)
+    shutil.copyfile(vmlinuz[-1], kernel_out.with_suffix(".tmp"))
+    kernel_out.with_suffix(".tmp").rename(kernel_out)
+    tmp.rename(initrd_out)
+    shutil.rmtree(root, ignore_errors=True)
+    return kernel_out, initrd_out
+
+
+if __name__ == "__main__":
+    print(*build_guest(Path(sys.argv[1]) if len(sys.argv) > 1 else DEFAULT_CACHE))
