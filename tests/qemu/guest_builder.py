@@ -63,7 +63,8 @@ i=0
 while true; do
   dd if=/dev/urandom of=/dev/vda bs=4096 count=8 seek=$((i % 3000)) oflag=direct \
      conv=notrunc 2>/dev/null \
-    || dd if=/dev/urandom of=/dev/vda bs=4096 count=8 seek=$((i % 3000)) conv=notrunc,fsync 2>/dev/null
+    || dd if=/dev/urandom of=/dev/vda bs=4096 count=8 seek=$((i % 3000)) \
+          conv=notrunc,fsync 2>/dev/null
   i=$((i+1))
   [ $((i % 20)) = 0 ] && echo "MIGTREE-IO $i"
 done
