@@ -99,7 +99,9 @@ def test_schema_describes_widths_lengths_and_since():
         {"name": "x", "kind": "i16"}, {"name": "y", "kind": "i16"}]
     assert fields["added_in_v2"]["since"] == 2
     assert "added_in_v2" not in {f["name"] for f in schema_of(Everything, 1)}
-    assert fields["sub"]["inner"]["name"] == "Sub"
+    assert fields["sub"]["inner"]["struct"] == "Sub"
+    # a struct field keeps its own name; the class is under "struct"
+    assert fields["origin"]["struct"] == "Point" and "Point" not in fields
 
 
 @attrs.define

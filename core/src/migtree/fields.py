@@ -140,7 +140,7 @@ class Struct(WireType):
         return "struct"
 
     def describe(self) -> dict[str, Any]:
-        return {"kind": "struct", "name": self.cls.__name__}
+        return {"kind": "struct", "struct": self.cls.__name__}
 
 
 @attrs.frozen

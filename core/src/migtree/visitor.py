@@ -463,7 +463,8 @@ class SchemaVisitor(Visitor):
         if type(wire) is Struct:
             sub = SchemaVisitor(self.version)
             sub.visit_fields(wire.cls, _blank(wire.cls))
-            return {"kind": "struct", "name": wire.cls.__name__, "fields": sub.result()}
+            # "struct", not "name": a field entry is {"name": FIELD, **this}
+            return {"kind": "struct", "struct": wire.cls.__name__, "fields": sub.result()}
         if type(wire) is Array:
             d = wire.describe()
             d["element"] = self._describe(wire.element)
