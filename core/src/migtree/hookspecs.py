@@ -13,7 +13,12 @@ decorated by ``migtree.hookimpl``::
 
 Registration hooks hand the plugin a ``register`` callback: the core
 validates what it is given and remembers which distribution gave it, so a
-duplicate or a bad declaration is reported by plugin name.
+duplicate or a bad declaration is reported by plugin name. Each plugin's
+registration hooks are called for that plugin alone, distributions in load
+order (``migtree`` first, then by name); a registration hook returns nothing
+(returning a value is an error, as is calling ``register`` after the hook
+returned), and a failure anywhere rejects the whole distribution. See
+``docs/plugin-hooks.md`` and :mod:`migtree.plugins`.
 """
 
 from __future__ import annotations
@@ -125,8 +130,11 @@ def migtree_object_realized(obj, register_filter):
     :param obj: the :class:`migtree.qom.Object` just placed in the build;
         ``obj.path`` is final.
     :param register_filter: call ``register_filter(flt)`` to add a
-        :class:`migtree.filters.Filter` that applies to migrations into this
-        build only (dynamic registration, reported as such by ``explain``).
+        :class:`migtree.filters.Filter` (or a
+        :class:`migtree.filters.FilterPair`) that applies to migrations into
+        this build only. The core stamps it ``dynamic=True`` with the
+        plugin's distribution name (``explain`` reports it as such); its name
+        must not be a static filter's.
     :return: ignored.
 
     .. versionadded:: 0.1

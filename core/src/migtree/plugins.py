@@ -355,15 +355,16 @@ def register_plugin(registry: Registry, plugin: Any, name: str, version: str | N
 
 # -- discovery ------------------------------------------------------------------
 
+def _load_order(ep: md.EntryPoint) -> tuple[bool, str, str]:
+    dist = normalize(ep.dist.name) if ep.dist else normalize(ep.name)
+    return (dist != CORE_DIST, dist, ep.name)
+
+
 def entry_points() -> list[md.EntryPoint]:
     """Every entry point in the ``migtree`` group, in load order: the core
     distribution first, then by normalised distribution name, then by
     entry-point name."""
-    def key(ep: md.EntryPoint) -> tuple[int, str, str]:
-        dist = normalize(ep.dist.name) if ep.dist else ""
-        return (dist != CORE_DIST, dist, ep.name)
-
-    return sorted(md.entry_points(group=GROUP), key=key)
+    return sorted(md.entry_points(group=GROUP), key=_load_order)
 
 
 @attrs.define
@@ -375,7 +376,7 @@ class _Dist:
 
 def _group(eps: Iterable[md.EntryPoint]) -> list[_Dist]:
     dists: dict[str, _Dist] = {}
-    for ep in eps:
+    for ep in sorted(eps, key=_load_order):
         name = ep.dist.name if ep.dist else ep.name
         version = ep.dist.version if ep.dist else None
         dists.setdefault(normalize(name), _Dist(name, version)).eps.append(ep)

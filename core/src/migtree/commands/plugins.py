@@ -23,9 +23,11 @@ def add_parser(subparsers: Any) -> None:
     p.set_defaults(func=run)
 
 
-def describe(registry: Any) -> dict[str, Any]:
-    """The ``--json`` document: ``plugins`` (in load order), ``skipped``
-    (distributions not loaded on purpose, with the reason) and ``warnings``."""
+def describe(registry: Any) -> list[dict[str, Any]]:
+    """The ``--json`` document: one object per distribution migtree tried to
+    load, in load order; ``error`` is ``null`` for those that loaded.
+    Distributions skipped on purpose (allow/deny lists) are not in it: they
+    are noted on stderr, and in the text listing."""
     from ..plugins import registered_by
 
     plugins = []
@@ -44,11 +46,7 @@ def describe(registry: Any) -> dict[str, Any]:
             "workloads": [w.name for w in got.get("workloads", [])],
             "error": rec.error,
         })
-    return {
-        "plugins": plugins,
-        "skipped": [{"name": n, "reason": r} for n, r in sorted(registry.skipped.items())],
-        "warnings": list(registry.warnings),
-    }
+    return plugins
 
 
 def _type(t: Any) -> dict[str, Any]:
@@ -74,9 +72,9 @@ def _backend(b: Any) -> dict[str, Any]:
             "available": bool(ok), "reason": reason or ""}
 
 
-def render_text(doc: dict[str, Any]) -> str:
+def render_text(plugins: list[dict[str, Any]], registry: Any) -> str:
     lines: list[str] = []
-    for p in doc["plugins"]:
+    for p in plugins:
         head = f"{p['name']} {p['version'] or '(in-process)'}"
         lines.append(head + ("  [FAILED]" if p["error"] else ""))
         if p["entry_points"]:
@@ -100,20 +98,24 @@ def render_text(doc: dict[str, Any]) -> str:
         for key in ("formats", "decoders", "workloads"):
             if p[key]:
                 lines.append(f"  {key}: {', '.join(p[key])}")
-    for s in doc["skipped"]:
-        lines.append(f"skipped {s['name']}: {s['reason']}")
-    for w in doc["warnings"]:
-        lines.append(f"warning: {w}")
+    lines.extend(_skipped(registry))
     return "\n".join(lines)
+
+
+def _skipped(registry: Any) -> list[str]:
+    return [f"skipped {name}: {why}" for name, why in sorted(registry.skipped.items())]
 
 
 def run(args: Any) -> int:
     from ..plugins import get_registry
 
-    doc = describe(get_registry())
+    registry = get_registry()
+    plugins = describe(registry)
     if args.json:
-        json.dump(doc, sys.stdout, indent=2)
+        json.dump(plugins, sys.stdout, indent=2)
         sys.stdout.write("\n")
+        for line in _skipped(registry):
+            print(f"migtree: {line}", file=sys.stderr)
     else:
-        print(render_text(doc))
-    return 1 if any(p["error"] for p in doc["plugins"]) else 0
+        print(render_text(plugins, registry))
+    return 1 if any(p["error"] for p in plugins) else 0

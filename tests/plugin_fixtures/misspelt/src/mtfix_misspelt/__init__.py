@@ -1,0 +1,1 @@
+"""A tiny distribution for migtree's plugin-loading tests."""
