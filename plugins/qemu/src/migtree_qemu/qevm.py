@@ -177,7 +177,8 @@ class Section:
     write them.
 
     :ivar body: :class:`VMStateObject` (FULL sections described by the
-        vmdesc), :class:`RamSection` (RAM), or raw ``bytes``
+        vmdesc), :class:`RamSection` (RAM), or the raw body: ``bytes`` or an
+        object with ``iter_chunks()`` (a :class:`migtree.blob.Blob`)
     :ivar desc_keys: key order of the section's vmdesc entry (FULL only)
     """
 
@@ -190,6 +191,9 @@ class Section:
     footer: bool = True
     desc_keys: tuple[str, ...] | None = None
     offset: int = 0
+    #: where the body starts and ends (the footer's offset) in the source
+    body_offset: int = 0
+    body_end: int = 0
 
     @property
     def kind_name(self) -> str:
@@ -271,6 +275,13 @@ class QemuStream:
         """The VMState of the FULL section *idstr* (a full idstr like
         ``0000:00:02.0/virtio-blk`` or its last part ``virtio-blk``)."""
         return self.section(idstr, instance_id).state
+
+    def raw_body(self, sec: Section, chunk: int = 1 << 20) -> Iterator[bytes]:
+        """The bytes of *sec*'s body as they are in the source, in chunks."""
+        if self.source is None or self.source.buf is None:
+            raise QemuEncodeError("the stream's source is closed", section=sec.idstr)
+        for off in range(sec.body_offset, sec.body_end, chunk):
+            yield self.source.read(off, min(chunk, sec.body_end - off))
 
     def ram_records(self) -> Iterator[RamRecord]:
         for s in self.sections:
@@ -574,7 +585,8 @@ class _Reader:
         instance = cur.uint(4, "instance id")
         version = cur.uint(4, "version id")
         cur.ctx = {"section": idstr, "section_id": sid, "instance_id": instance}
-        sec = Section(kind, sid, idstr, instance, version, None, offset=off)
+        sec = Section(kind, sid, idstr, instance, version, None, offset=off,
+                      body_offset=cur.pos)
         if kind == SECTION_START:
             self.started[sid] = sec
             sec.body = self.read_iterable(sec)
@@ -597,7 +609,7 @@ class _Reader:
         cur.ctx = {"section": start.idstr, "section_id": sid,
                    "instance_id": start.instance_id}
         sec = Section(kind, sid, start.idstr, start.instance_id, start.version_id,
-                      None, offset=off)
+                      None, offset=off, body_offset=cur.pos)
         sec.body = self.read_iterable(sec)
         self.read_footer(sec)
         return sec
@@ -613,7 +625,7 @@ class _Reader:
 
     def read_footer(self, sec: Section) -> None:
         cur = self.cur
-        off = cur.pos
+        off = sec.body_end = cur.pos
         if self.footers is None:
             self.footers = cur.pos < cur.end and cur.buf[cur.pos] == SECTION_FOOTER
         sec.footer = bool(self.footers)
@@ -905,6 +917,10 @@ class _Writer:
                 self.write_ram(sec.body)
             elif isinstance(sec.body, VMStateObject):
                 encode_object(self.buf, sec.body)
+            elif hasattr(sec.body, "iter_chunks"):  # a chunked raw body (migtree Blob)
+                for chunk in sec.body.iter_chunks():
+                    self.buf += chunk
+                    self.maybe_flush()
             else:
                 self.buf += sec.body
         except QemuEncodeError as exc:

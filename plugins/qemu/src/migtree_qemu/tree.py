@@ -1,0 +1,442 @@
+"""A QEMU stream as a migtree state tree, and back.
+
+Shape (see README.md "The tree")::
+
+    /                                   container
+    /machine                            qemu-machine   __qemu__: stream-level facts
+    /machine/unattached/device[N]       cpu            (QEMU's CPU N)
+    /machine/unattached/device[N]/lapic apic
+    /machine/unattached/device[N]/cpu_common  cpu_common
+    /machine/qemu/ram                   qemu-ram       raw RAM section bodies, chunked
+    /machine/qemu/<idstr parts>[N]      <vmsd name>    every other section
+
+Every section node is ``{"__type__": vmsd name, "__version__": section
+version, "__qemu__": {...}, field: value, ...}``: the fields with plain
+values (ints, bools, bytes, lists; structs as plain dicts; subsections as
+plain dicts under their short name, absent when QEMU did not send them).
+``__qemu__`` keeps the section's idstr, instance id, section id and layout
+(its vmdesc entry: wire types, arrays, struct and subsection versions), so
+:func:`tree_to_stream` writes the same bytes back.  A ``paths`` mapping
+(``{(idstr, instance_id): QOM path}``, e.g. from :mod:`migtree_qemu.qompaths`)
+puts sections at their QOM paths instead.
+
+Opaque fields (``virtio``, ``buffer``...) stay ``bytes`` unless a decoder is
+given for the section's vmsd name (:class:`OpaqueCodec`): its ``decode``
+result replaces the bytes in the tree and its ``encode`` turns it back.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, Protocol
+
+from .errors import QemuEncodeError
+from .qevm import (
+    SECTION_END,
+    SECTION_FULL,
+    SECTION_PART,
+    SECTION_START,
+    Command,
+    Configuration,
+    QemuStream,
+    Section,
+)
+from .vmstate import NULLPTR, OPAQUE_TYPES, Field, VMStateObject
+
+TYPE_KEY = "__type__"
+VERSION_KEY = "__version__"
+QEMU_KEY = "__qemu__"
+
+ROOT_TYPE = "container"
+MACHINE_TYPE = "qemu-machine"
+RAM_TYPE = "qemu-ram"
+
+_KIND_NAMES = {SECTION_START: "START", SECTION_PART: "PART", SECTION_END: "END",
+               SECTION_FULL: "FULL"}
+_KIND_CODES = {v: k for k, v in _KIND_NAMES.items()}
+
+
+class OpaqueCodec(Protocol):
+    """Turns an opaque field of one kind of section into tree values and
+    back; ``encode(decode(b, ctx), ctx) == b``.  *ctx* has ``idstr``,
+    ``instance_id``, ``vmsd_name``, ``version``, ``field`` and ``node``."""
+
+    def decode(self, data: bytes, context: dict[str, Any]) -> Any: ...
+
+    def encode(self, value: Any, context: dict[str, Any]) -> bytes: ...
+
+
+Decoders = Mapping[str, OpaqueCodec]
+
+
+# ---------------------------------------------------------------------------
+# placement
+
+
+def default_path(idstr: str, instance_id: int) -> str:
+    """Where a section goes when no QOM path is known for it.
+
+    CPUs are QEMU's first unattached devices, with the local APIC as their
+    ``lapic`` child (``/machine/unattached/device[N]/lapic``), as migtree's
+    backends compose them; every other section goes under ``/machine/qemu``
+    at its idstr's parts (``0000:00:02.0/virtio-blk``), with ``[N]`` for
+    instance N > 0.
+    """
+    cpu = f"/machine/unattached/device[{instance_id}]"
+    if idstr == "cpu":
+        return cpu
+    if idstr == "apic":
+        return f"{cpu}/lapic"
+    if idstr == "cpu_common":
+        return f"{cpu}/cpu_common"
+    suffix = f"[{instance_id}]" if instance_id else ""
+    return "/machine/qemu/" + "/".join(idstr.split("/")) + suffix
+
+
+def _place(root: dict[str, Any], path: str, node: dict[str, Any]) -> None:
+    parts = [p for p in path.split("/") if p]
+    parent = root
+    for p in parts[:-1]:
+        child = parent.get(p)
+        if child is None:
+            child = parent[p] = {TYPE_KEY: "container", VERSION_KEY: 1}
+        elif not (isinstance(child, dict) and TYPE_KEY in child):
+            raise QemuEncodeError(f"cannot place a node at {path}: {p!r} is a field")
+        parent = child
+    last = parts[-1]
+    existing = parent.get(last)
+    if existing is not None:
+        if existing.get(TYPE_KEY) == "container" and QEMU_KEY not in existing:
+            # a container made for a child placed earlier: the node takes it over
+            for k, v in existing.items():
+                if k not in (TYPE_KEY, VERSION_KEY):
+                    node[k] = v
+        else:
+            raise QemuEncodeError(f"two sections map to the same path {path}")
+    parent[last] = node
+
+
+def iter_section_nodes(tree: dict[str, Any], path: str = "") -> Iterator[tuple[str, dict]]:
+    """``(path, node)`` for every node that came from a QEMU section."""
+    for key, value in tree.items():
+        if isinstance(value, dict) and TYPE_KEY in value:
+            p = f"{path}/{key}"
+            if QEMU_KEY in value and "idstr" in value[QEMU_KEY]:
+                yield p, value
+            yield from iter_section_nodes(value, p)
+
+
+# ---------------------------------------------------------------------------
+# values: VMStateObject <-> plain dict
+
+
+def _plain_value(v: Any, f: Field, ctx: dict[str, Any]) -> Any:
+    if isinstance(v, VMStateObject):
+        return object_to_plain(v, ctx)
+    if v is NULLPTR:
+        return None
+    return v
+
+
+def object_to_plain(obj: VMStateObject, ctx: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Field values by name; arrays described element by element become one
+    list; subsections go under their short name."""
+    ctx = ctx or {}
+    out: dict[str, Any] = {}
+    for f in obj.fields:
+        key = f.name
+        if f.array_len is not None:
+            val = [_plain_value(v, f, ctx) for v in f.value]
+        else:
+            val = _plain_value(f.value, f, ctx)
+        if f.index is not None:
+            lst = out.setdefault(key, [])
+            if not isinstance(lst, list) or len(lst) != f.index:
+                raise QemuEncodeError(f"element {f.index} of {key!r} is out of order")
+            lst.append(val)
+            continue
+        n = 2
+        while key in out:
+            key = f"{f.name}#{n}"
+            n += 1
+        out[key] = val
+    for s in obj.subsections:
+        out[_sub_key(obj.vmsd_name, s.vmsd_name, out)] = object_to_plain(s, ctx)
+    return out
+
+
+def _sub_key(parent: str, name: str, taken: Mapping[str, Any]) -> str:
+    short = name[len(parent) + 1 :] if name.startswith(parent + "/") else name
+    return short if short not in taken or short == name else name
+
+
+def plain_to_object(plain: Mapping[str, Any], layout: Mapping[str, Any],
+                    path: str = "") -> VMStateObject:
+    """Rebuild a :class:`VMStateObject` from plain values and the vmdesc
+    *layout* they were decoded with.  Missing, extra or mistyped values are
+    errors naming their path."""
+    obj = VMStateObject(layout.get("vmsd_name", ""), layout.get("version", 0))
+    used: set[str] = set()
+    counts: dict[str, int] = {}
+    field_keys: dict[str, None] = {}
+    for fdesc in layout.get("fields", []):
+        name = fdesc["name"]
+        key = name
+        if "index" not in fdesc:
+            n = counts.get(name, 0) + 1
+            counts[name] = n
+            key = name if n == 1 else f"{name}#{n}"
+        fpath = f"{path}{key}"
+        field_keys[key] = None
+        if key not in plain:
+            raise QemuEncodeError(f"field {fpath!r} is missing from the node", field=fpath)
+        used.add(key)
+        value = plain[key]
+        if "index" in fdesc:
+            i = fdesc["index"]
+            if not isinstance(value, list) or i >= len(value):
+                raise QemuEncodeError(f"{fpath!r} needs element {i}", field=fpath)
+            value = value[i]
+            fpath = f"{fpath}[{i}]"
+        n = fdesc.get("array_len")
+        if n is not None:
+            if not isinstance(value, list):
+                raise QemuEncodeError(f"{fpath!r} must be a list", field=fpath)
+            value = [_from_plain(v, fdesc, f"{fpath}[{j}]") for j, v in enumerate(value)]
+            n = len(value)
+        else:
+            value = _from_plain(value, fdesc, fpath)
+        obj.fields.append(Field(name, fdesc.get("type"), value, index=fdesc.get("index"),
+                                array_len=n, keys=tuple(fdesc), size=fdesc.get("size")))
+    for sdesc in layout.get("subsections", []):
+        key = _sub_key(obj.vmsd_name, sdesc["vmsd_name"], field_keys)
+        field_keys[key] = None
+        used.add(key)
+        value = plain.get(key)
+        if value is None:
+            continue  # optional part QEMU sends only when needed
+        obj.subsections.append(plain_to_object(value, sdesc, f"{path}{key}."))
+    extra = [k for k, v in plain.items()
+             if k not in used and k not in (TYPE_KEY, VERSION_KEY, QEMU_KEY, "__stash__")
+             and not (isinstance(v, Mapping) and TYPE_KEY in v)]  # child objects
+    if extra:
+        raise QemuEncodeError(
+            f"no QEMU layout for {', '.join(repr(path + k) for k in extra)} "
+            f"(the stream this node came from has no such field or subsection)",
+            field=path + extra[0])
+    return obj
+
+
+def _from_plain(v: Any, fdesc: Mapping[str, Any], path: str) -> Any:
+    if "struct" in fdesc:
+        if v is None:
+            return NULLPTR
+        return plain_to_object(v, fdesc["struct"], path + ".")
+    if "fields" in fdesc:  # tmp: inline vmsd
+        return plain_to_object(v, fdesc, path + ".")
+    return v
+
+
+# ---------------------------------------------------------------------------
+# stream -> tree
+
+
+def _layout(sec: Section) -> dict[str, Any]:
+    from .qevm import _describe_section
+
+    d = _describe_section(sec)
+    d.pop("name", None)
+    d.pop("instance_id", None)
+    return d
+
+
+def stream_to_tree(
+    stream: QemuStream,
+    *,
+    paths: Mapping[tuple[str, int], str] | None = None,
+    decoders: Decoders | None = None,
+    blob_factory: Callable[[Iterator[bytes]], Any] | None = None,
+) -> dict[str, Any]:
+    """The state tree of *stream* (loaded with ``ram="reference"`` or
+    ``"copy"`` to keep RAM).  RAM section bodies become chunked values made
+    by *blob_factory* (default: :class:`migtree.blob.Blob`)."""
+    paths = paths or {}
+    decoders = decoders or {}
+    if blob_factory is None:
+        blob_factory = _default_blob
+    root: dict[str, Any] = {TYPE_KEY: ROOT_TYPE, VERSION_KEY: 1}
+    machine: dict[str, Any] = {TYPE_KEY: MACHINE_TYPE, VERSION_KEY: 1}
+    root["machine"] = machine
+    order: list[list[Any]] = []
+    ram_bodies: list[Any] = []
+    ram_node: dict[str, Any] | None = None
+    for item in stream.items:
+        if isinstance(item, Command):
+            order.append(["COMMAND", item.command, item.data])
+            continue
+        sec = item
+        order.append([_KIND_NAMES[sec.kind], sec.section_id, sec.idstr, sec.instance_id,
+                      sec.footer])
+        if sec.kind != SECTION_FULL:
+            if sec.idstr != "ram":  # pragma: no cover - the reader refuses others
+                raise QemuEncodeError("only RAM iterable sections are supported",
+                                      section=sec.idstr)
+            body = sec.body
+            if getattr(body, "dropped_pages", 0):
+                raise QemuEncodeError("RAM was not kept (loaded with ram='skip'); load "
+                                      "with ram='reference' to build a tree",
+                                      section="ram")
+            ram_bodies.append(blob_factory(stream.raw_body(sec)))
+            if ram_node is None:
+                ram_node = {TYPE_KEY: RAM_TYPE, VERSION_KEY: sec.version_id,
+                            QEMU_KEY: {"idstr": sec.idstr, "instance_id": sec.instance_id,
+                                       "section_id": sec.section_id}}
+                first = body.records[0] if body.records else None
+                if first is not None and isinstance(first.data, list):
+                    ram_node["blocks"] = [{"name": b.name, "length": b.length}
+                                          for b in first.data]
+            continue
+        node: dict[str, Any] = {TYPE_KEY: sec.state.vmsd_name or sec.idstr,
+                                VERSION_KEY: sec.version_id}
+        node[QEMU_KEY] = {"idstr": sec.idstr, "instance_id": sec.instance_id,
+                          "section_id": sec.section_id, "layout": _layout(sec)}
+        ctx = {"idstr": sec.idstr, "instance_id": sec.instance_id,
+               "vmsd_name": sec.state.vmsd_name, "version": sec.version_id}
+        node.update(object_to_plain(sec.state, ctx))
+        codec = decoders.get(sec.state.vmsd_name)
+        if codec is not None:
+            for f in sec.state.fields:
+                if f.type in OPAQUE_TYPES and isinstance(node.get(f.name), bytes):
+                    node[f.name] = codec.decode(node[f.name], dict(ctx, field=f.name,
+                                                                   node=node))
+                    node[QEMU_KEY].setdefault("decoded", []).append(f.name)
+        _place(root, paths.get((sec.idstr, sec.instance_id))
+               or default_path(sec.idstr, sec.instance_id), node)
+    if ram_node is not None:
+        ram_node["sections"] = ram_bodies
+        _place(root, paths.get(("ram", 0)) or "/machine/qemu/ram", ram_node)
+    machine[QEMU_KEY] = {
+        "qevm_version": stream.version,
+        "configuration": _config_to_plain(stream.configuration),
+        "page_size": stream.page_size,
+        "vmdesc": stream.vmdesc,
+        "vmdesc_keys": list(stream.vmdesc_keys),
+        "order": order,
+    }
+    return root
+
+
+def _default_blob(chunks: Iterator[bytes]) -> Any:
+    try:
+        from migtree.blob import Blob
+    except ImportError:  # pragma: no cover - migtree is a dependency
+        return b"".join(chunks)
+    return Blob.from_chunks(chunks)
+
+
+def _config_to_plain(cfg: Configuration | None) -> dict[str, Any] | None:
+    if cfg is None:
+        return None
+    subs = {s.vmsd_name: object_to_plain(s) for s in cfg.state.subsections}
+    return {"machine": cfg.machine, "subsections": subs}
+
+
+def _config_from_plain(d: Mapping[str, Any] | None) -> Configuration | None:
+    if d is None:
+        return None
+    name = d["machine"].encode("latin-1")
+    state = VMStateObject("configuration", 1, [
+        Field("len", "uint32", len(name)),
+        Field("name", "buffer", name, size=len(name)),
+    ])
+    for sname, plain in d.get("subsections", {}).items():
+        sub = VMStateObject(sname, 1)
+        for k, v in plain.items():
+            if k == "capabilities":
+                sub.fields.append(Field(k, "capability", list(v), array_len=len(v)))
+            elif k == "uuid.data":
+                sub.fields.append(Field(k, "uint8", list(v), array_len=len(v)))
+            else:
+                sub.fields.append(Field(k, "uint32", v))
+        state.subsections.append(sub)
+    return Configuration(state)
+
+
+# ---------------------------------------------------------------------------
+# tree -> stream
+
+
+def tree_to_stream(tree: Mapping[str, Any], *, decoders: Decoders | None = None) -> QemuStream:
+    """The QEMU stream of a tree made by :func:`stream_to_tree` (possibly
+    edited or filtered).  Nodes are found by their ``__qemu__`` identity,
+    wherever filters moved them."""
+    decoders = decoders or {}
+    machine = tree.get("machine")
+    if not isinstance(machine, Mapping) or QEMU_KEY not in machine:
+        raise QemuEncodeError("not a tree made from a QEMU stream: /machine has no __qemu__")
+    meta = machine[QEMU_KEY]
+    nodes: dict[tuple[str, int], tuple[str, Mapping[str, Any]]] = {}
+    for path, node in iter_section_nodes(tree):
+        q = node[QEMU_KEY]
+        nodes[(q["idstr"], q["instance_id"])] = (path, node)
+    stream = QemuStream(version=meta["qevm_version"],
+                        configuration=_config_from_plain(meta["configuration"]),
+                        page_size=meta["page_size"], vmdesc=meta["vmdesc"],
+                        vmdesc_keys=tuple(meta["vmdesc_keys"]))
+    ram_index = 0
+    for entry in meta["order"]:
+        if entry[0] == "COMMAND":
+            stream.items.append(Command(entry[1], bytes(entry[2])))
+            continue
+        kind_name, sid, idstr, instance, footer = entry
+        kind = _KIND_CODES[kind_name]
+        found = nodes.get((idstr, instance))
+        if found is None:
+            raise QemuEncodeError(f"the tree has no node for QEMU section {idstr!r} "
+                                  f"instance {instance}", section=idstr,
+                                  instance_id=instance)
+        path, node = found
+        if kind != SECTION_FULL:
+            bodies = node.get("sections", [])
+            if ram_index >= len(bodies):
+                raise QemuEncodeError(f"{path}: RAM section {ram_index} is missing",
+                                      section=idstr)
+            stream.items.append(Section(kind, sid, idstr, instance, node[VERSION_KEY],
+                                        bodies[ram_index], footer=footer))
+            ram_index += 1
+            continue
+        q = node[QEMU_KEY]
+        layout = dict(q["layout"])
+        version = node[VERSION_KEY]
+        plain = dict(node)
+        ctx = {"idstr": idstr, "instance_id": instance, "vmsd_name": node[TYPE_KEY],
+               "version": version}
+        codec = decoders.get(node[TYPE_KEY])
+        for fname in q.get("decoded", []):
+            if codec is None:
+                raise QemuEncodeError(f"{path}: field {fname!r} was decoded by a plugin "
+                                      f"that is not loaded now", section=idstr, field=fname)
+            plain[fname] = codec.encode(plain[fname], dict(ctx, field=fname, node=node))
+        if "vmsd_name" in layout:
+            layout["vmsd_name"] = node[TYPE_KEY]
+            layout["version"] = version
+        try:
+            body = plain_to_object(plain, layout)
+        except QemuEncodeError as exc:
+            raise QemuEncodeError(f"{path}: {exc.reason}", section=idstr, section_id=sid,
+                                  instance_id=instance, field=exc.field) from None
+        desc_keys = ("name", "instance_id", *layout.keys())
+        stream.items.append(Section(kind, sid, idstr, instance, version, body,
+                                    footer=footer, desc_keys=desc_keys))
+    return stream
+
+
+def copy_tree(tree: Mapping[str, Any]) -> dict[str, Any]:
+    """A deep copy that shares chunked RAM values (they are never edited in
+    place)."""
+    memo: dict[int, Any] = {}
+    for _, node in iter_section_nodes(dict(tree)):
+        for b in node.get("sections", []) if node.get(TYPE_KEY) == RAM_TYPE else []:
+            memo[id(b)] = b
+    return copy.deepcopy(dict(tree), memo)
