@@ -151,11 +151,21 @@ class FilterPair:
 
 @attrs.define
 class FilterContext:
-    """What a filter function gets besides the node."""
+    """What a filter function gets besides the node.
+
+    ``defaulted`` collects the fields the filter filled with a default rather
+    than from the stash (``migtree explain`` shows them); :mod:`migtree.ops`
+    records them through :meth:`note_default`.
+    """
 
     path: str
     filter: Filter
+    defaulted: dict[str, Any] = attrs.Factory(dict)
 
     @property
     def stash_key(self) -> str:
         return self.filter.pair or self.filter.name
+
+    def note_default(self, field: str, value: Any) -> None:
+        """Record that ``field`` was given ``value`` by default."""
+        self.defaulted[field] = value
