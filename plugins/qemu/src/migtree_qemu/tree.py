@@ -327,11 +327,28 @@ def stream_to_tree(
     return root
 
 
+class Chunks:
+    """Chunked bytes (the stand-in for :class:`migtree.blob.Blob` when the
+    core is not importable)."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = [bytes(c) for c in chunks]
+
+    def __len__(self) -> int:
+        return sum(len(c) for c in self._chunks)
+
+    def iter_chunks(self, size: int = 1 << 20) -> Iterator[bytes]:
+        yield from self._chunks
+
+    def read(self) -> bytes:
+        return b"".join(self._chunks)
+
+
 def _default_blob(chunks: Iterator[bytes]) -> Any:
     try:
         from migtree.blob import Blob
-    except ImportError:  # pragma: no cover - migtree is a dependency
-        return b"".join(chunks)
+    except ImportError:
+        return Chunks(chunks)
     return Blob.from_chunks(chunks)
 
 
