@@ -1,0 +1,280 @@
+"""Guest memory: the machine's RAM, as devices see it by guest-physical address.
+
+:class:`GuestMemory` is an anonymous ``mmap`` of the guest's RAM size. Every
+access is bounds-checked against that size, so a guest that points a device
+at an address outside its RAM gets a :class:`GuestMemoryError` (which the
+device turns into its own error behaviour, e.g. virtio's ``NEEDS_RESET``),
+never a read of host memory and never a Python ``IndexError`` from deep
+inside a device model.
+
+:class:`GuestMemoryObject` (type ``guest-memory``) is the object that carries
+the contents through a migration: its state is a :func:`migtree.fields.blob`
+written straight from the mapping in chunks and loaded back chunk by chunk,
+so neither side ever holds the RAM as one Python ``bytes``.
+
+A build installs both with :func:`install`::
+
+    mem = install(machine, parse_size("16M"))    # machine.memory is mem
+    mem.write(0x1000, b"hello"); mem.read_u32(0x1000)
+"""
+
+from __future__ import annotations
+
+import mmap
+import re
+import struct
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import attrs
+
+from .blob import CHUNK_SIZE
+from .errors import MigtreeError
+from .fields import blob, u64
+from .qom import Object
+
+PAGE_SIZE = 4096
+
+_U16 = struct.Struct("<H")
+_U32 = struct.Struct("<I")
+_U64 = struct.Struct("<Q")
+
+
+class GuestMemoryError(MigtreeError):
+    """An access outside guest RAM, or RAM that does not fit a load."""
+
+    def __init__(self, message: str, *, gpa: int | None = None, length: int | None = None):
+        self.gpa = gpa
+        self.length = length
+        super().__init__(message)
+
+
+def parse_size(text: str | int) -> int:
+    """``"16M"``, ``"1G"``, ``"4096"``, ``"64KiB"`` -> bytes (binary units)."""
+    if isinstance(text, int):
+        if text <= 0:
+            raise ValueError(f"memory size must be positive, got {text}")
+        return text
+    m = re.fullmatch(r"\s*(\d+)\s*([KMGT]?)(?:i?B)?\s*", text, re.IGNORECASE)
+    if not m:
+        raise ValueError(f"cannot parse memory size {text!r} (use e.g. 16M, 1G, 65536)")
+    n = int(m[1]) << (10 * " KMGT".index(m[2].upper() or " "))
+    if n <= 0:
+        raise ValueError(f"memory size must be positive, got {text!r}")
+    return n
+
+
+class GuestMemory:
+    """``size`` bytes of zero-filled guest RAM backed by an anonymous mapping.
+
+    Only touched pages cost host memory. Addresses are guest-physical and
+    start at 0; every method checks ``0 <= gpa`` and ``gpa + n <= size``.
+    """
+
+    def __init__(self, size: int) -> None:
+        if type(size) is not int or size <= 0:
+            raise ValueError(f"guest memory size must be a positive int, got {size!r}")
+        if size % PAGE_SIZE:
+            raise ValueError(f"guest memory size must be a multiple of {PAGE_SIZE}, got {size}")
+        self._size = size
+        self._map = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+
+    # -- bounds ---------------------------------------------------------------
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def __len__(self) -> int:
+        return self._size
+
+    def contains(self, gpa: int, n: int = 1) -> bool:
+        """Whether ``[gpa, gpa + n)`` lies inside guest RAM."""
+        return type(gpa) is int and type(n) is int and 0 <= gpa and 0 <= n \
+            and gpa + n <= self._size
+
+    def check(self, gpa: int, n: int) -> None:
+        if not self.contains(gpa, n):
+            if type(gpa) is not int or type(n) is not int:
+                raise TypeError(f"guest address and length must be ints, got {gpa!r}, {n!r}")
+            raise GuestMemoryError(
+                f"guest access of {n} bytes at {gpa:#x} is outside guest memory "
+                f"(0x0..{self._size:#x})", gpa=gpa, length=n)
+
+    # -- bytes ------------------------------------------------------------------
+    def read(self, gpa: int, n: int) -> bytes:
+        self.check(gpa, n)
+        return self._map[gpa:gpa + n]
+
+    def write(self, gpa: int, data: bytes | bytearray | memoryview) -> None:
+        n = len(data)
+        self.check(gpa, n)
+        self._map[gpa:gpa + n] = data
+
+    def fill(self, gpa: int, n: int, byte: int = 0) -> None:
+        self.check(gpa, n)
+        pos = gpa
+        end = gpa + n
+        block = bytes([byte]) * min(n, CHUNK_SIZE)
+        while pos < end:
+            k = min(len(block), end - pos)
+            self._map[pos:pos + k] = block[:k]
+            pos += k
+
+    def view(self, gpa: int, n: int) -> memoryview:
+        """A zero-copy window on ``[gpa, gpa + n)`` for scatter/gather I/O
+        (``os.preadv`` straight into guest RAM). Release it when done: an
+        exported view keeps the mapping from being closed."""
+        self.check(gpa, n)
+        return memoryview(self._map)[gpa:gpa + n]
+
+    # -- little-endian integers ----------------------------------------------------
+    def read_u8(self, gpa: int) -> int:
+        self.check(gpa, 1)
+        return self._map[gpa]
+
+    def read_u16(self, gpa: int) -> int:
+        self.check(gpa, 2)
+        return _U16.unpack_from(self._map, gpa)[0]
+
+    def read_u32(self, gpa: int) -> int:
+        self.check(gpa, 4)
+        return _U32.unpack_from(self._map, gpa)[0]
+
+    def read_u64(self, gpa: int) -> int:
+        self.check(gpa, 8)
+        return _U64.unpack_from(self._map, gpa)[0]
+
+    def write_u8(self, gpa: int, value: int) -> None:
+        self.check(gpa, 1)
+        if not 0 <= value <= 0xFF:
+            raise ValueError(f"{value} does not fit u8")
+        self._map[gpa] = value
+
+    def write_u16(self, gpa: int, value: int) -> None:
+        self.check(gpa, 2)
+        _pack(_U16, self._map, gpa, value, "u16")
+
+    def write_u32(self, gpa: int, value: int) -> None:
+        self.check(gpa, 4)
+        _pack(_U32, self._map, gpa, value, "u32")
+
+    def write_u64(self, gpa: int, value: int) -> None:
+        self.check(gpa, 8)
+        _pack(_U64, self._map, gpa, value, "u64")
+
+    def unpack(self, st: struct.Struct, gpa: int) -> tuple[Any, ...]:
+        """``st.unpack_from`` at ``gpa``, bounds-checked (a descriptor, a ring entry)."""
+        self.check(gpa, st.size)
+        return st.unpack_from(self._map, gpa)
+
+    def pack(self, st: struct.Struct, gpa: int, *values: Any) -> None:
+        """``st.pack_into`` at ``gpa``, bounds-checked."""
+        self.check(gpa, st.size)
+        try:
+            st.pack_into(self._map, gpa, *values)
+        except struct.error as e:
+            raise ValueError(f"cannot pack {values!r}: {e}") from None
+
+    # -- migration --------------------------------------------------------------------
+    def iter_chunks(self, size: int = CHUNK_SIZE) -> Iterator[bytes]:
+        """The whole RAM, ``size`` bytes at a time, straight from the mapping."""
+        if size <= 0:
+            raise ValueError("chunk size must be positive")
+        for off in range(0, self._size, size):
+            yield self._map[off:min(off + size, self._size)]
+
+    def load_chunks(self, chunks: Iterable[bytes]) -> int:
+        """Copy ``chunks`` into RAM from address 0 on, one chunk at a time.
+        The total must equal :attr:`size`; the caller checks that first when it
+        must not leave RAM half-written (see :meth:`GuestMemoryObject.post_load`)."""
+        pos = 0
+        for chunk in chunks:
+            n = len(chunk)
+            if pos + n > self._size:
+                raise GuestMemoryError(
+                    f"incoming guest memory is larger than this build's {self._size} bytes")
+            self._map[pos:pos + n] = chunk
+            pos += n
+        if pos != self._size:
+            raise GuestMemoryError(
+                f"incoming guest memory has {pos} bytes, this build has {self._size}")
+        return pos
+
+    def close(self) -> None:
+        self._map.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._map.closed
+
+    def __repr__(self) -> str:
+        return f"<GuestMemory {self._size:#x} bytes>"
+
+
+def _pack(st: struct.Struct, buf: Any, gpa: int, value: int, kind: str) -> None:
+    try:
+        st.pack_into(buf, gpa, value)
+    except struct.error:
+        raise ValueError(f"{value!r} does not fit {kind}") from None
+
+
+@attrs.define
+class GuestMemoryState:
+    size: int = u64(doc="guest RAM size in bytes; source and destination must agree")
+    ram: Any = blob(doc="the RAM contents, written from the mapping in chunks")
+
+
+class GuestMemoryObject(Object):
+    """The machine's RAM as a migratable object (``/machine/ram`` by default).
+
+    Its ``post_load`` validates the size before it writes a byte, then copies
+    the incoming :class:`migtree.blob.Blob` into the mapping chunk by chunk.
+    Guest RAM cannot be given back if a *later* ``post_load`` fails, so
+    :func:`install` adds this object as the machine's last child: the core's
+    load runs ``post_load`` in composition order, so RAM is written after
+    every device accepted its state.
+    """
+
+    TYPE = "guest-memory"
+    PARENT = "object"
+    ABSTRACT = False
+    STATE = GuestMemoryState
+    VERSION = 1
+    MIN_VERSION = 1
+    DESCRIPTION = "guest RAM (mmap-backed), migrated in chunks"
+
+    def __init__(self, size: int | str = 0, memory: GuestMemory | None = None) -> None:
+        super().__init__()
+        if memory is None:
+            memory = GuestMemory(parse_size(size))
+        self.memory = memory
+        self.state.size = memory.size
+
+    def pre_save(self) -> None:
+        self.state.size = self.memory.size
+        self.state.ram = self.memory
+
+    def post_load(self) -> None:
+        data = self.state.ram
+        if data is None or data is self.memory:
+            return  # nothing new (a rollback to the state we had): RAM is as it is
+        if self.state.size != self.memory.size or len(data) != self.memory.size:
+            raise GuestMemoryError(
+                f"the source has {self.state.size} bytes of guest RAM ({len(data)} in the "
+                f"stream), this build has {self.memory.size}: start it with the same size")
+        self.memory.load_chunks(data.iter_chunks())
+        self.state.ram = self.memory
+
+
+def install(machine: Any, size: int | str, *, name: str = "ram") -> GuestMemory:
+    """Give ``machine`` guest RAM: a :class:`GuestMemoryObject` child ``name``
+    and ``machine.memory`` set to its :class:`GuestMemory`. Devices live under
+    the machine's ``peripheral``/``unattached`` containers, which come first
+    in composition order whenever they are added; only objects added straight
+    to the machine after this call would load after RAM."""
+    if getattr(machine, "memory", None) is not None:
+        raise ValueError(f"{machine!r} already has guest memory")
+    obj = GuestMemoryObject(size)
+    machine.add_child(name, obj)
+    machine.memory = obj.memory
+    return obj.memory
