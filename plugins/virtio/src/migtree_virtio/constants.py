@@ -1,0 +1,121 @@
+"""Numbers from the OASIS virtio 1.2 specification (§2, §4.1, §5.2) and the
+PCI local bus / MSI-X specifications, named once."""
+
+from __future__ import annotations
+
+# -- device status (§2.1) ----------------------------------------------------
+STATUS_ACKNOWLEDGE = 1
+STATUS_DRIVER = 2
+STATUS_DRIVER_OK = 4
+STATUS_FEATURES_OK = 8
+STATUS_NEEDS_RESET = 64
+STATUS_FAILED = 128
+
+# -- device-independent feature bits (§6) --------------------------------------
+F_RING_INDIRECT_DESC = 28
+F_RING_EVENT_IDX = 29
+F_VERSION_1 = 32
+F_ACCESS_PLATFORM = 33
+F_RING_PACKED = 34
+
+# -- virtio-blk (§5.2) ------------------------------------------------------------
+VIRTIO_ID_BLOCK = 2
+BLK_F_SIZE_MAX = 1
+BLK_F_SEG_MAX = 2
+BLK_F_GEOMETRY = 4
+BLK_F_RO = 5
+BLK_F_BLK_SIZE = 6
+BLK_F_FLUSH = 9
+BLK_F_TOPOLOGY = 10
+BLK_F_CONFIG_WCE = 11
+BLK_F_MQ = 12
+
+BLK_T_IN = 0
+BLK_T_OUT = 1
+BLK_T_FLUSH = 4
+BLK_T_GET_ID = 8
+
+BLK_S_OK = 0
+BLK_S_IOERR = 1
+BLK_S_UNSUPP = 2
+
+BLK_ID_BYTES = 20
+SECTOR_SIZE = 512
+BLK_REQ_HEADER = 16  # le32 type, le32 reserved, le64 sector
+
+# -- split virtqueues (§2.7) --------------------------------------------------------
+DESC_F_NEXT = 1
+DESC_F_WRITE = 2
+DESC_F_INDIRECT = 4
+DESC_SIZE = 16
+AVAIL_F_NO_INTERRUPT = 1
+USED_F_NO_NOTIFY = 1
+#: QEMU's VIRTQUEUE_MAX_SIZE: the largest queue and the most buffers in one chain
+QUEUE_MAX = 1024
+
+# -- virtio over PCI (§4.1) -----------------------------------------------------------
+PCI_VENDOR_ID_REDHAT_QUMRANET = 0x1AF4
+PCI_DEVICE_ID_MODERN_BASE = 0x1040
+VIRTIO_PCI_CAP_COMMON_CFG = 1
+VIRTIO_PCI_CAP_NOTIFY_CFG = 2
+VIRTIO_PCI_CAP_ISR_CFG = 3
+VIRTIO_PCI_CAP_DEVICE_CFG = 4
+VIRTIO_PCI_CAP_PCI_CFG = 5
+NO_VECTOR = 0xFFFF
+ISR_QUEUE = 1
+ISR_CONFIG = 2
+
+# common configuration structure offsets (struct virtio_pci_common_cfg)
+COMMON_DFSELECT = 0x00
+COMMON_DF = 0x04
+COMMON_GFSELECT = 0x08
+COMMON_GF = 0x0C
+COMMON_MSIX = 0x10
+COMMON_NUMQ = 0x12
+COMMON_STATUS = 0x14
+COMMON_CFGGENERATION = 0x15
+COMMON_Q_SELECT = 0x16
+COMMON_Q_SIZE = 0x18
+COMMON_Q_MSIX = 0x1A
+COMMON_Q_ENABLE = 0x1C
+COMMON_Q_NOFF = 0x1E
+COMMON_Q_DESCLO = 0x20
+COMMON_Q_DESCHI = 0x24
+COMMON_Q_AVAILLO = 0x28
+COMMON_Q_AVAILHI = 0x2C
+COMMON_Q_USEDLO = 0x30
+COMMON_Q_USEDHI = 0x34
+COMMON_CFG_SIZE = 0x38
+
+# -- PCI configuration space (type 0 header) -------------------------------------------
+PCI_VENDOR_ID = 0x00
+PCI_DEVICE_ID = 0x02
+PCI_COMMAND = 0x04
+PCI_STATUS = 0x06
+PCI_REVISION_ID = 0x08
+PCI_CLASS_PROG = 0x09
+PCI_CLASS_DEVICE = 0x0A
+PCI_HEADER_TYPE = 0x0E
+PCI_BASE_ADDRESS_0 = 0x10
+PCI_SUBSYSTEM_VENDOR_ID = 0x2C
+PCI_SUBSYSTEM_ID = 0x2E
+PCI_CAPABILITY_LIST = 0x34
+PCI_INTERRUPT_LINE = 0x3C
+PCI_INTERRUPT_PIN = 0x3D
+
+PCI_COMMAND_IO = 0x1
+PCI_COMMAND_MEMORY = 0x2
+PCI_COMMAND_MASTER = 0x4
+PCI_COMMAND_INTX_DISABLE = 0x400
+PCI_STATUS_INTERRUPT = 0x08
+PCI_STATUS_CAP_LIST = 0x10
+
+PCI_CAP_ID_VNDR = 0x09
+PCI_CAP_ID_MSIX = 0x11
+PCI_MSIX_FLAGS_ENABLE = 0x8000
+PCI_MSIX_FLAGS_MASKALL = 0x4000
+PCI_MSIX_ENTRY_SIZE = 16
+PCI_MSIX_ENTRY_CTRL_MASKBIT = 1
+
+PCI_CLASS_STORAGE_SCSI = 0x0100
+PCI_CLASS_OTHERS = 0xFF00
