@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from migtree_qemu import qompaths
 from migtree_qemu.qmp import QMPClient, QMPError
 
 QEMU = shutil.which("qemu-system-x86_64")
@@ -235,6 +236,8 @@ def make_stream(cfg: StreamConfig, outdir: Path) -> Path:
             wait_serial(vm, serial, "MIGTREE-IO ", count=40)
         elif cfg.running:
             wait_guest_ran(vm)
+        # the QOM tree beside the stream, to place sections at QOM paths
+        qompaths.save(qompaths.walk(vm.qmp), out.with_suffix(".qom.json"))
         vm.migrate_to_file(tmp)
     tmp.rename(out)
     return out

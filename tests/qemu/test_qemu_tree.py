@@ -42,7 +42,7 @@ def test_tree_shape(base_stream) -> None:
     tree = _tree(base_stream)
     assert tree["__type__"] == "container"
     assert tree["machine"]["__type__"] == "qemu-machine"
-    cpu = _get(tree, "/machine/unattached/device[0]")
+    cpu = _get(tree, "/machine/qemu/cpu")
     assert cpu["__type__"] == "cpu" and cpu["__version__"] == 12
     assert isinstance(cpu["env.regs"], list) and isinstance(cpu["env.regs"][0], int)
     assert isinstance(cpu["env.segs"][0], dict) and "__type__" not in cpu["env.segs"][0]
@@ -76,7 +76,7 @@ def test_qom_paths_override_placement(base_stream) -> None:
 
 def test_tree_edit_and_moved_node_still_encode(base_stream) -> None:
     tree = copy_tree(_tree(base_stream))
-    lapic = _get(tree, "/machine/unattached/device[0]/lapic")
+    lapic = _get(tree, "/machine/qemu/cpu/lapic")
     lapic["tpr"] = 0x30
     # a filter may move a node: it is found again by its QEMU identity
     rtc = _get(tree, "/machine/qemu").pop("mc146818rtc")
@@ -88,11 +88,11 @@ def test_tree_edit_and_moved_node_still_encode(base_stream) -> None:
 
 def test_tree_errors_name_the_path(base_stream) -> None:
     tree = _tree(base_stream)
-    lapic = _get(tree, "/machine/unattached/device[0]/lapic")
+    lapic = _get(tree, "/machine/qemu/cpu/lapic")
     del lapic["esr"]
     with pytest.raises(QemuEncodeError) as e:
         tree_to_stream(tree)
-    assert "/machine/unattached/device[0]/lapic" in str(e.value) and "'esr'" in str(e.value)
+    assert "/machine/qemu/cpu/lapic" in str(e.value) and "'esr'" in str(e.value)
     lapic["esr"] = 0
     lapic["bogus"] = 1
     with pytest.raises(QemuEncodeError, match="no QEMU layout for 'bogus'"):
@@ -130,3 +130,34 @@ def test_opaque_decoder_hook_point(base_stream) -> None:
         tree_to_stream(tree)
     assert qevm.dumps(tree_to_stream(tree, decoders={"virtio-blk": Hex()})) == \
         base_stream.read_bytes()
+
+
+def test_qom_walk_puts_sections_at_qom_paths(streams) -> None:
+    """The helper saved QEMU's QOM tree beside each stream (qom-list walk):
+    sections land at the paths QEMU itself uses."""
+    import json
+
+    from migtree_qemu import qompaths
+
+    cfg = StreamConfig(machine="pc", accel="kvm", smp=2)
+    path = streams(cfg)
+    qom = qompaths.load(path.with_suffix(".qom.json"))
+    dump = json.loads(streams.dump_vmstate("pc").read_text())
+    with qevm.load(path) as s:
+        paths = qompaths.section_paths(s, qom, dump)
+        tree = stream_to_tree(s, paths=paths)
+    objects = qom["objects"]
+    vblk = _get(tree, "/machine/peripheral/vblk0")
+    assert objects["/machine/peripheral/vblk0"] == "virtio-blk-pci"
+    assert vblk["__type__"] == "virtio-blk"
+    assert vblk[QEMU_KEY]["idstr"] == "0000:00:02.0/virtio-blk"
+    cpus = sorted(p for p, t in objects.items() if t.endswith("-x86_64-cpu"))
+    assert len(cpus) == 2
+    for i, cpu_path in enumerate(cpus):
+        cpu = _get(tree, cpu_path)
+        assert cpu["__type__"] == "cpu" and cpu[QEMU_KEY]["instance_id"] == i
+        assert objects[cpu_path + "/lapic"] == "kvm-apic"  # QOM type under KVM
+        assert cpu["lapic"]["__type__"] == "apic"  # the VMState both APICs share
+    rtc_path = next(p for p, t in objects.items() if t == "mc146818rtc")
+    assert _get(tree, rtc_path)["__type__"] == "mc146818rtc"
+    assert qevm.dumps(tree_to_stream(tree)) == path.read_bytes()

@@ -4,11 +4,14 @@ Shape (see README.md "The tree")::
 
     /                                   container
     /machine                            qemu-machine   __qemu__: stream-level facts
-    /machine/unattached/device[N]       cpu            (QEMU's CPU N)
-    /machine/unattached/device[N]/lapic apic
-    /machine/unattached/device[N]/cpu_common  cpu_common
+    /machine/qemu/cpu[N]                cpu            (QEMU's CPU N; [N] for N > 0)
+    /machine/qemu/cpu[N]/lapic          apic
+    /machine/qemu/cpu[N]/cpu_common     cpu_common
     /machine/qemu/ram                   qemu-ram       raw RAM section bodies, chunked
     /machine/qemu/<idstr parts>[N]      <vmsd name>    every other section
+
+With a QOM walk saved beside the stream, sections sit at QOM paths instead
+(``/machine/unattached/device[0]/lapic``, ``/machine/peripheral/vblk0``).
 
 Every section node is ``{"__type__": vmsd name, "__version__": section
 version, "__qemu__": {...}, field: value, ...}``: the fields with plain
@@ -75,22 +78,18 @@ Decoders = Mapping[str, OpaqueCodec]
 
 
 def default_path(idstr: str, instance_id: int) -> str:
-    """Where a section goes when no QOM path is known for it.
-
-    CPUs are QEMU's first unattached devices, with the local APIC as their
-    ``lapic`` child (``/machine/unattached/device[N]/lapic``), as migtree's
-    backends compose them; every other section goes under ``/machine/qemu``
-    at its idstr's parts (``0000:00:02.0/virtio-blk``), with ``[N]`` for
-    instance N > 0.
+    """Where a section goes when no QOM path is known for it: under
+    ``/machine/qemu`` at its idstr's parts (``0000:00:02.0/virtio-blk``),
+    with ``[N]`` for instance N > 0.  The local APIC and ``cpu_common`` of
+    CPU N go under that CPU's node (``/machine/qemu/cpu[1]/lapic``), as QEMU
+    composes them (the APIC is the CPU's ``lapic`` child).  With a QOM walk
+    (:mod:`migtree_qemu.qompaths`) sections get their real QOM paths.
     """
-    cpu = f"/machine/unattached/device[{instance_id}]"
-    if idstr == "cpu":
-        return cpu
-    if idstr == "apic":
-        return f"{cpu}/lapic"
-    if idstr == "cpu_common":
-        return f"{cpu}/cpu_common"
     suffix = f"[{instance_id}]" if instance_id else ""
+    if idstr == "apic":
+        return f"/machine/qemu/cpu{suffix}/lapic"
+    if idstr == "cpu_common":
+        return f"/machine/qemu/cpu{suffix}/cpu_common"
     return "/machine/qemu/" + "/".join(idstr.split("/")) + suffix
 
 
