@@ -375,3 +375,24 @@ def test_get_registry_loads_once_lazily_and_reset_reloads(monkeypatch):
     reset_registry()
     assert get_registry() is not first and calls == [1, 1]
     reset_registry()
+
+
+def test_an_unhashable_plugin_object_is_called_like_any_other(monkeypatch, caplog):
+    import attrs
+
+    @attrs.define  # eq=True makes instances unhashable
+    class Unhashable:
+        label: str = "x"
+
+        @hookimpl
+        def migtree_register_types(self, register):
+            register(InstancePlugin.Gizmo)
+
+    monkeypatch.setenv("MIGTREE_TRACE_HOOKS", "1")
+    reg = Registry()
+    register_plugin(reg, builtin, "migtree")
+    with caplog.at_level("INFO", logger="migtree.hooks"):
+        reg.add_plugin(Unhashable(), "acme-unhashable")
+    assert reg.types.lookup("gizmo").plugin == "acme-unhashable"
+    assert ("call migtree_register_types(register=<register callback>) -> acme-unhashable"
+            in [r.getMessage() for r in caplog.records])

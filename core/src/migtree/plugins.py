@@ -121,8 +121,23 @@ class PluginManager(pluggy.PluginManager):
         pluggy's hook calling (so tracing and hook wrappers see it): this is
         how a registration is attributed to the plugin that made it."""
         hook = getattr(self.hook, hook_name)
-        others = [i.plugin for i in hook.get_hookimpls() if i.plugin is not plugin]
-        return self.subset_hook_caller(hook_name, others)(**kwargs)
+        impls = hook.get_hookimpls()
+        if all(_hashable(i.plugin) for i in impls):
+            others = [i.plugin for i in impls if i.plugin is not plugin]
+            return self.subset_hook_caller(hook_name, others)(**kwargs)
+        # subset_hook_caller keeps plugins in a set; an unhashable plugin object
+        # (an attrs instance, a SimpleNamespace) goes through the same executor
+        # the hook caller uses, with this plugin's implementations only.
+        mine = [i for i in impls if i.plugin is plugin]
+        return self._hookexec(hook_name, mine, kwargs, False)
+
+
+def _hashable(obj: Any) -> bool:
+    try:
+        hash(obj)
+    except TypeError:
+        return False
+    return True
 
 
 def _enable_trace(pm: PluginManager) -> None:
