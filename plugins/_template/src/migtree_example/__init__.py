@@ -1,0 +1,1 @@
+"""migtree-example: a template migtree plugin (see docs/writing-a-plugin.md)."""
