@@ -81,3 +81,28 @@ def test_edited_register_reaches_qemu_and_comes_back(streams, cfg, tmp_path) -> 
     with qevm.load(again) as s2:
         assert s2.device("cpu")["env.regs"][0] == rax
         assert s2.device("mc146818rtc")["cmos_data"][0x40] == 0xA5
+
+
+def test_edited_ram_page_reaches_guest_memory(streams, tmp_path) -> None:
+    """Turn a zero page of pc.ram into a page of data in the decoded stream;
+    QEMU loads it and the guest's physical memory shows the bytes."""
+    cfg = StreamConfig(machine="pc", accel="tcg")
+    pattern = bytes(range(256)) * 16
+    with qevm.load(streams(cfg)) as s:
+        target = None
+        for r in s.ram_records():
+            kind = r.flags & ~qevm.RAM_CONTINUE
+            if kind == qevm.RAM_ZERO and r.block == "pc.ram" and 0x200000 <= r.addr < 0x400000:
+                target = r
+                break
+        assert target is not None
+        target.flags = (target.flags & qevm.RAM_CONTINUE) | qevm.RAM_PAGE
+        target.data = pattern
+        edited = _write(s, tmp_path / "ram-edit.qevm")
+    vm = QemuVM(cfg.args(streams.root / f"{cfg.name}.qcow2") + ["-S", "-incoming", "defer"],
+                tmp_path, "ram-edit")
+    with vm:
+        vm.incoming_from_file(edited)
+        out = vm.qmp.execute("human-monitor-command",
+                             **{"command-line": f"xp /8xb 0x{target.addr + 8:x}"})
+    assert "0x08 0x09 0x0a 0x0b 0x0c 0x0d 0x0e 0x0f" in out, out
