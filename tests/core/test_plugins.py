@@ -396,3 +396,23 @@ def test_an_unhashable_plugin_object_is_called_like_any_other(monkeypatch, caplo
     assert reg.types.lookup("gizmo").plugin == "acme-unhashable"
     assert ("call migtree_register_types(register=<register callback>) -> acme-unhashable"
             in [r.getMessage() for r in caplog.records])
+
+
+@pytest.mark.parametrize("value, traced", [("1", True), ("yes", True), ("0", False),
+                                           ("", False), ("false", False)])
+def test_trace_goes_to_stderr_when_logging_is_not_configured(value, traced):
+    import os
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MIGTREE_")}
+    env.update(MIGTREE_TRACE_HOOKS=value, MIGTREE_LOAD_PLUGINS="")
+    proc = subprocess.run([sys.executable, "-c", "from migtree.plugins import get_registry\n"
+                           "get_registry()"], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.splitlines()
+    if traced:
+        assert lines[0] == ("migtree: trace: call migtree_register_types(register=<register "
+                            "callback>) -> migtree (entry point core)")
+        assert lines[-1] == "migtree: trace: done migtree_register_types"
+    else:
+        assert lines == []
