@@ -117,9 +117,11 @@ class PluginManager(pluggy.PluginManager):
         return self.owner.get(plugin_name, plugin_name)
 
     def call_one(self, plugin: Any, hook_name: str, **kwargs: Any) -> list[Any]:
-        """Call ``hook_name`` on ``plugin``'s implementation only, through
-        pluggy's hook calling (so tracing and hook wrappers see it): this is
-        how a registration is attributed to the plugin that made it."""
+        """Call ``hook_name`` on ``plugin``'s implementations only, through
+        pluggy's hook calling (so ``add_hookcall_monitoring``, the trace,
+        sees the call): this is how a registration is attributed to the
+        plugin that made it. Other plugins' implementations, wrappers
+        included, are not called."""
         hook = getattr(self.hook, hook_name)
         impls = hook.get_hookimpls()
         if all(_hashable(i.plugin) for i in impls):
