@@ -261,18 +261,38 @@ def _slots_from_objects(objects: dict[str, tuple[str, int, int, bool]]) -> Slot:
 # -- filters: gathering, declarations ------------------------------------------
 
 
-def gather_filters(source: Any, extra: Iterable[Filter] = ()) -> list[Filter]:
-    """The filters of a migration into ``source``: a :class:`Registry`'s
-    static filters, or a :class:`~migtree.build.Build`'s static filters plus
-    the dynamic ones its objects registered (marked ``dynamic``), plus
-    ``extra``."""
+def gather_filters(source: Any, registry: Any = None,
+                   extra: Iterable[Any] = ()) -> list[Filter]:
+    """The filters of a migration into ``source``.
+
+    ``source`` is a :class:`~migtree.build.Build` (its registry's static
+    filters plus the dynamic ones its objects registered), a
+    :class:`~migtree.registry.Registry` (its static filters), or a QOM root
+    (the dynamic filters in its machine's ``dynamic_filters``, plus
+    ``registry``'s static ones when given). Dynamic filters are marked
+    ``dynamic=True``. ``extra`` filters are added as given.
+    """
+    static: list[Any] = []
+    dynamic: list[Any] = []
+    if hasattr(source, "dynamic_filters") and hasattr(source, "registry"):  # a Build
+        registry = registry if registry is not None else source.registry
+        dynamic = list(source.dynamic_filters or [])
+    elif hasattr(source, "filters") and hasattr(source, "types"):  # a Registry
+        registry = source
+    elif hasattr(source, "walk"):  # a QOM object
+        for obj in source.walk():
+            if hasattr(obj, "dynamic_filters"):
+                dynamic = list(obj.dynamic_filters)
+                break
+    elif source is not None:
+        raise FilterError(f"gather_filters: expected a build, a registry or a QOM root, "
+                          f"got {source!r}")
+    if registry is not None:
+        static = list(registry.filters.values())
     out: list[Filter] = []
-    registry = getattr(source, "registry", source)
-    out.extend(getattr(registry, "filters", {}).values())
-    dyn = list(getattr(source, "dynamic_filters", []) or [])
-    if not dyn and hasattr(source, "machine"):
-        dyn = list(getattr(source.machine, "dynamic_filters", []) or [])
-    for f in dyn:
+    for f in static:
+        out.extend(_expand(f))
+    for f in dynamic:
         out.extend(_expand(f, dynamic=True))
     for f in extra:
         out.extend(_expand(f))
@@ -875,9 +895,9 @@ class _Engine:
                                   ((f.name, a, b) for f, a, b in applied))
                 names = sorted({f.name for f, _, _ in applied})
                 raise FilterError(
-                    f"{path}: {len(applied)} filter applications (the bound) without reaching "
-                    f"{target.describe(t)}; filters in the loop: {', '.join(names)}; "
-                    f"applied: {steps}")
+                    f"{path}: gave up after {len(applied)} filter applications (the bound) "
+                    f"without reaching {target.describe(t)}: a loop, or a chain longer than "
+                    f"the bound; filters involved: {', '.join(names)}; applied: {steps}")
             for name, rng in flt.consumes.items():
                 c = node.get(name)
                 if not (type(c) is dict and TYPE_KEY in c):

@@ -274,14 +274,25 @@ class move_field:
         return node
 
 
+_NO_DEFAULT: Any = attrs.make_class("NoDefault", {}, repr=False)()
+
+
 @attrs.frozen
 class drop_field:
     """Remove ``name`` (may be dotted), keeping its value in
     ``node["__stash__"][ctx.stash_key][name]`` for the way back. With
-    ``missing_ok``, an absent field is not an error (and nothing is stashed)."""
+    ``missing_ok``, an absent field is not an error (and nothing is stashed).
+
+    ``default``: a value *equal* to it is not stashed, because the
+    :class:`add_field` undoing this drop makes that value by default anyway.
+    Give it the default of that ``add_field``: then a field a forward filter
+    added by default does not come back as a stash entry (A -> B -> A is the
+    identity, stash included), and B -> A -> B still restores any other value.
+    """
 
     name: str
     missing_ok: bool = False
+    default: Any = attrs.field(default=_NO_DEFAULT, kw_only=True)
 
     def __attrs_post_init__(self):
         _parts(self.name)
@@ -295,6 +306,12 @@ class drop_field:
             if self.missing_ok:
                 return node
             raise
+        if self.default is not _NO_DEFAULT:
+            value = holder[last]
+            if type(value) is type(self.default) and value == self.default:
+                del holder[last]
+                _prune(node, parts)
+                return node
         try:
             entry = _stash_of(node, ctx.stash_key, create=True)
         except TypeError as e:
