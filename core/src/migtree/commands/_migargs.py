@@ -1,0 +1,138 @@
+"""Arguments and helpers shared by the build and migration commands
+(``build``, ``save``, ``restore``, ``serve``, ``send``, ``migrate``).
+Not a command itself: the CLI skips modules whose name starts with ``_``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from ..build import parse_size
+
+
+def add_build_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("build", metavar="BUILD.toml", help="the build configuration")
+    p.add_argument("--create-drives", metavar="SIZE", type=_size, default=None,
+                   help="create every disk image the build names that does not exist yet, "
+                        "zero-filled, of SIZE (e.g. 8M)")
+
+
+def _size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def add_workload_args(p: argparse.ArgumentParser, *, seed: bool) -> None:
+    p.add_argument("--workload", default="none", metavar="NAMES",
+                   help="workloads to run: 'auto' (every installed workload that applies to "
+                        "the build), 'none' (default), or comma-separated names; see "
+                        "`migtree plugins`")
+    if seed:
+        p.add_argument("--seed", type=int, default=0,
+                       help="seed for the workloads' start (default 0)")
+
+
+def add_transport_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("transport security")
+    g.add_argument("--cert", help="this side's TLS certificate (PEM), for tls: addresses")
+    g.add_argument("--key", help="this side's TLS private key (PEM)")
+    g.add_argument("--ca", help="CA certificate(s) (PEM) that signed the peer's certificate")
+    g.add_argument("--server-name", help="the name the destination's certificate must carry "
+                                         "(default: the host of the address)")
+    g.add_argument("--allow-plaintext", action="store_true",
+                   help="allow plaintext tcp: on a loopback address (never allowed elsewhere)")
+    p.add_argument("--timeout", type=float, default=120.0, metavar="SECONDS",
+                   help="give up when the peer sends nothing for this long (default 120)")
+
+
+def add_output_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print a JSON report on stdout")
+    p.add_argument("--dump-state", metavar="STREAM",
+                   help="at the end, write this build's state to STREAM (a migtree stream), "
+                        "whatever the outcome")
+    p.add_argument("--no-progress", action="store_true",
+                   help="never show a progress bar (it only shows on a terminal anyway)")
+
+
+def tls_config(args: Any) -> Any:
+    from ..transport import TlsConfig
+
+    given = [x for x in (args.cert, args.key, args.ca) if x]
+    if not given:
+        return None
+    if len(given) != 3:
+        raise SystemExit("migtree: error: --cert, --key and --ca go together")
+    return TlsConfig(args.cert, args.key, args.ca, server_name=args.server_name)
+
+
+def load(args: Any) -> Any:
+    """The build named by ``args.build``, creating drives first when asked;
+    backend fallbacks are said on stderr, in one line each."""
+    from ..build import load_build
+    from ..migration import create_missing_drives
+    from ..plugins import get_registry
+
+    registry = get_registry()
+    if getattr(args, "create_drives", None):
+        for path in create_missing_drives(args.build, args.create_drives, registry):
+            note(f"created {path} ({args.create_drives} bytes, zero-filled)")
+    build = load_build(args.build, registry)
+    for n in build.notes:
+        note(f"{build.name}: {n}")
+    return build
+
+
+def note(message: str) -> None:
+    print(f"migtree: {message}", file=sys.stderr, flush=True)
+
+
+def dump_state(build: Any, path: str | None) -> None:
+    if not path:
+        return
+    from .. import stream
+
+    with open(path, "wb") as fp:
+        stream.save(build.root, fp, registry=build.registry, build_name=build.name)
+
+
+def print_json(doc: Any) -> None:
+    json.dump(doc, sys.stdout, indent=2, sort_keys=False, default=_default)
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+
+
+def _default(o: Any) -> Any:
+    if isinstance(o, bytes | bytearray):
+        return o.hex()
+    if isinstance(o, set | frozenset | tuple):
+        return list(o)
+    return str(o)
+
+
+def format_filters(filters: dict[str, Any] | None, indent: str = "  ") -> list[str]:
+    """``path: before -> after via f1, f2`` for every path a filter touched."""
+    if not filters or not filters.get("applications"):
+        return [f"{indent}(none: every object was acceptable as it was)"]
+    by_path: dict[str, list[dict[str, Any]]] = {}
+    for a in filters["applications"]:
+        by_path.setdefault(a["path"], []).append(a)
+    lines = []
+    for path, apps in by_path.items():
+        names = ", ".join(f"{a['filter']}" + (" (dynamic)" if a.get("kind") == "dynamic" else "")
+                          for a in apps)
+        lines.append(f"{indent}{path}: {apps[0]['before']} -> {apps[-1]['after']} via {names}")
+    return lines
+
+
+def human_bytes(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n} B" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)

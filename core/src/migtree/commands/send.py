@@ -1,0 +1,82 @@
+"""``migtree send BUILD.toml --to ADDR``: migrate a build to a destination
+that ``migtree serve`` runs.
+
+It composes the build, starts the named workloads (I/O left in flight,
+interrupts pending), connects, runs the pre-flight check against what the
+destination says it has (refusing before pausing anything when it cannot
+work), pauses, streams its state, and waits for the destination's
+acknowledgement. On any failure it resumes: the workloads finish here, on the
+source, with nothing lost. Exit status: 0 committed; 1 refused or failed (the
+source resumed); 3 committed but unconfirmed (the source stays stopped and
+keeps its state in a stream file, printed).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import _migargs as A
+
+HELP = "migrate a build to a waiting destination (the source side)"
+
+
+def add_parser(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "send", help=HELP, description=HELP + ". ADDR as for `migtree serve`.")
+    A.add_build_arg(p)
+    p.add_argument("--to", required=True, metavar="ADDR", help="the destination's address")
+    p.add_argument("--keep-dir", metavar="DIR",
+                   help="where to keep the state if the commit goes unconfirmed "
+                        "(default: the temporary directory)")
+    A.add_workload_args(p, seed=True)
+    A.add_transport_args(p)
+    A.add_output_args(p)
+    p.set_defaults(func=run)
+
+
+def run(args: Any) -> int:
+    from .. import migration as M
+    from ..transport import connect
+
+    build = A.load(args)
+    workloads = M.select_workloads(build, args.workload)
+    M.run_workloads("start", build, workloads, args.seed)
+    chan = connect(args.to, tls=A.tls_config(args), allow_plaintext=args.allow_plaintext,
+                   timeout=args.timeout)
+    with chan:
+        res = M.send(build, chan, timeout=args.timeout, progress=not args.no_progress,
+                     keep_dir=args.keep_dir)
+    report: dict[str, Any] = {"role": "source", "build": build.name,
+                              "backend": build.backend.name, "notes": build.notes,
+                              "workload_seed": args.seed, **res.as_dict()}
+    if not res.committed and workloads:
+        # the source runs on: it finishes what it started, nothing lost
+        M.run_workloads("finish", build, workloads)
+        report["workloads"] = M.run_workloads("check", build, workloads)
+    A.dump_state(build, args.dump_state)
+    if args.json:
+        A.print_json(report)
+    else:
+        print(format_report(report))
+    if res.outcome == "committed":
+        return 0
+    return 3 if res.outcome == "unconfirmed" else 1
+
+
+def format_report(r: dict[str, Any]) -> str:
+    dst = r.get("destination") or {}
+    lines = [f"source {r['build']} ({r['backend']}): {r['outcome']}"
+             + (f" -- to {dst.get('build')} ({dst.get('backend')})" if dst else "")]
+    if r.get("error"):
+        lines.append(f"  {r['error']}")
+    if r.get("loaded"):
+        lines.append("filters applied on the destination:")
+        lines.extend(A.format_filters(r["loaded"].get("filters")))
+    lines.append(f"stream: {A.human_bytes(r.get('stream_bytes'))}, on the wire: "
+                 f"{A.human_bytes(r.get('wire_bytes_sent'))} sent, "
+                 f"{A.human_bytes(r.get('wire_bytes_received'))} received")
+    if r.get("paused_s") is not None:
+        lines.append(f"source paused for {r['paused_s'] * 1000:.1f} ms")
+    for name, summary in (r.get("workloads") or {}).items():
+        lines.append(f"workload {name} (finished on the source): {summary}")
+    return "\n".join(lines)

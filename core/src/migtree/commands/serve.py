@@ -1,0 +1,91 @@
+"""``migtree serve BUILD.toml --listen ADDR``: a destination waiting for an
+incoming migration.
+
+It composes the build, takes a snapshot of its state (to put back if the
+source never commits), listens, answers the source's connection with what
+it has (HELLO: types, objects, filters), receives the stream, filters it,
+loads it all-or-nothing, acknowledges, and on COMMIT runs: the named
+workloads ``finish`` what the source started. Exit status 0 when the
+migration committed, 1 otherwise (the build then holds what it held before).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import _migargs as A
+
+HELP = "wait for an incoming migration into a build (the destination side)"
+
+
+def add_parser(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "serve", help=HELP, description=HELP + ". ADDR is unix:PATH (or a bare path), "
+        "tls:HOST:PORT (mutual TLS: --cert, --key, --ca; the source must present a "
+        "certificate the CA signed), tcp:127.0.0.1:PORT (plaintext, loopback only, with "
+        "--allow-plaintext) or file:DIR (a rendezvous directory). Port 0 picks a free port; "
+        "the address actually listened on is printed on stderr and written to --ready-file.")
+    A.add_build_arg(p)
+    p.add_argument("--listen", required=True, metavar="ADDR", help="where to wait")
+    p.add_argument("--ready-file", metavar="FILE",
+                   help="write the address listened on to FILE once listening (for scripts)")
+    p.add_argument("--explain", action="store_true",
+                   help="record per-field diffs of every filter application in the report")
+    A.add_workload_args(p, seed=False)
+    A.add_transport_args(p)
+    A.add_output_args(p)
+    p.set_defaults(func=run)
+
+
+def run(args: Any) -> int:
+    from .. import migration as M
+    from ..transport import Address, Listener
+
+    build = A.load(args)
+    workloads = M.select_workloads(build, args.workload)
+    snapshot = M.Snapshot(build)
+    listener = Listener(Address.parse(args.listen), tls=A.tls_config(args),
+                        allow_plaintext=args.allow_plaintext)
+    try:
+        A.note(f"{build.name}: listening on {listener.address}")
+        if args.ready_file:
+            from pathlib import Path
+
+            tmp = Path(args.ready_file + ".tmp")
+            tmp.write_text(f"{listener.address}\n")
+            tmp.replace(args.ready_file)
+        chan = listener.accept(timeout=args.timeout)
+    finally:
+        listener.close()
+    with chan:
+        A.note(f"{build.name}: source connected from {chan.peer}")
+        res = M.receive(build, chan, timeout=args.timeout, explain=args.explain,
+                        progress=not args.no_progress, snapshot=snapshot)
+    snapshot.close()
+    report: dict[str, Any] = {"role": "destination", "build": build.name,
+                              "backend": build.backend.name, "notes": build.notes,
+                              "refused_peers": listener.refused, **res.as_dict()}
+    if res.committed and workloads:
+        M.run_workloads("finish", build, workloads)
+        report["workloads"] = M.run_workloads("check", build, workloads)
+    A.dump_state(build, args.dump_state)
+    if args.json:
+        A.print_json(report)
+    else:
+        print(format_report(report))
+    return 0 if res.committed else 1
+
+
+def format_report(r: dict[str, Any]) -> str:
+    src = r.get("source") or {}
+    lines = [f"destination {r['build']} ({r['backend']}): {r['outcome']}"
+             + (f" -- from {src.get('build')} ({src.get('backend')})" if src else "")]
+    if r.get("error"):
+        lines.append(f"  error ({r.get('stage')}): {r['error']}")
+    if r.get("filters"):
+        lines.append("filters applied:")
+        lines.extend(A.format_filters(r["filters"]))
+    lines.append(f"stream: {A.human_bytes(r.get('stream_bytes'))}")
+    for name, summary in (r.get("workloads") or {}).items():
+        lines.append(f"workload {name}: {summary}")
+    return "\n".join(lines)

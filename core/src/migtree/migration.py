@@ -1,0 +1,653 @@
+"""Live migration between two builds: the protocol both sides speak over a
+:mod:`migtree.transport` channel, with a pre-flight check and a commit.
+
+The destination (``migtree serve``) listens; the source (``migtree send``)
+connects. Then, frame by frame (docs/cli.md has the picture)::
+
+    destination                                   source
+    HELLO {types, objects, filters, plugins} ──►  pre-flight: engine.check(source build,
+                                                  destination's declarations)
+                                             ◄──  ABORT {check report}   (incompatible: the
+                                                  source never paused; both sides stop)
+                                             ◄──  OFFER {build, plugins}
+                                                  ── source PAUSED ──
+                                             ◄──  DATA ... DATA END {bytes}  (the stream)
+    read_tree (checksum), filters, load_tree
+    (all-or-nothing; nothing runs yet)
+    LOADED {filters applied, load report}   ──►
+      or FAILED {stage, error}              ──►   source RESUMES, nothing lost
+                                             ◄──  COMMIT   (the source will never resume)
+    DONE                                    ──►
+    destination RUNS                              source stays stopped
+
+Failure rules (each has a test in ``tests/migrate``):
+
+* Before COMMIT is on the wire the source owns the VM: any error -- the
+  pre-flight check, a broken connection, a FAILED, a timeout, the
+  destination dying -- resumes the source with the state it had.
+* The destination loads all-or-nothing (:func:`migtree.tree.load_tree`), so
+  a failed load changed nothing. After LOADED it waits for COMMIT; if the
+  connection ends instead (the source was killed, the cut came after
+  LOADED), it puts back the state it had before the migration (a snapshot
+  taken before HELLO, off the pause path) and does not run.
+* A COMMIT the source could not hand to the kernel in full never reached the
+  destination whole, so the source resumes. A COMMIT that went out but was
+  not answered by DONE leaves the outcome unknown: the source must not run
+  (the destination may be running) and cannot know it is; it stays stopped
+  and keeps its state in a stream file so nothing is lost
+  (:attr:`SourceResult.outcome` ``"unconfirmed"``). This is the one case that
+  needs an operator, as in every two-party commit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import re
+import struct
+import tempfile
+import time
+import tomllib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from . import transport as tp
+from .errors import MigtreeError
+from .progress import Progress
+
+log = logging.getLogger("migtree.migration")
+
+#: the migration protocol's version, in HELLO; a mismatch is refused up front
+PROTOCOL = 1
+#: seconds either side waits for the next frame before it gives up (a
+#: failure guard against a peer that hangs, not a tuning knob)
+DEFAULT_TIMEOUT = 120.0
+
+Events = Callable[..., None]
+
+
+class MigrationError(MigtreeError):
+    """A migration did not happen; the message says why and who kept the VM."""
+
+
+class PreflightRefused(MigrationError):
+    """The static check found that the destination cannot take this source."""
+
+    def __init__(self, message: str, report: Any = None) -> None:
+        self.report = report
+        super().__init__(message)
+
+
+# -- results ----------------------------------------------------------------------------
+
+@attrs.define
+class SourceResult:
+    """What happened on the source.
+
+    ``outcome``: ``"committed"`` (the destination runs the VM; the source
+    stopped), ``"refused"`` (pre-flight said no; the source never paused),
+    ``"resumed"`` (something failed; the source runs on with its state),
+    ``"unconfirmed"`` (COMMIT sent, no DONE: the source stays stopped, its
+    state saved in ``kept_state``).
+    """
+
+    outcome: str = "pending"
+    error: str | None = None
+    #: the pre-flight check (engine.CheckReport.as_dict())
+    check: dict[str, Any] | None = None
+    #: what the destination said it had (from HELLO): build, plugins
+    destination: dict[str, Any] = attrs.Factory(dict)
+    #: what the destination reported in LOADED: filters, load, timings
+    loaded: dict[str, Any] | None = None
+    stream_bytes: int = 0
+    wire_bytes_sent: int = 0
+    wire_bytes_received: int = 0
+    #: seconds from pausing the source to the destination's LOADED (the VM
+    #: ran nowhere in between); ``None`` when the source never paused
+    paused_s: float | None = None
+    #: seconds spent writing the stream (pre_save, encode, send)
+    save_s: float | None = None
+    #: where the state was kept when the outcome is unconfirmed
+    kept_state: str | None = None
+
+    @property
+    def committed(self) -> bool:
+        return self.outcome in ("committed", "unconfirmed")
+
+    def as_dict(self) -> dict[str, Any]:
+        return attrs.asdict(self)
+
+
+@attrs.define
+class DestResult:
+    """What happened on the destination.
+
+    ``outcome``: ``"committed"`` (loaded and told to run), ``"refused"``
+    (the source's pre-flight said no; nothing was sent), ``"failed"`` (the
+    stream, a filter or the load failed: nothing changed), ``"rolled-back"``
+    (loaded, but the source never committed: the previous state is back).
+    """
+
+    outcome: str = "pending"
+    error: str | None = None
+    stage: str | None = None
+    source: dict[str, Any] = attrs.Factory(dict)
+    check: dict[str, Any] | None = None
+    #: engine.FilterReport.as_dict(): every application, chains per path
+    filters: dict[str, Any] | None = None
+    #: tree.LoadReport.as_dict()
+    load: dict[str, Any] | None = None
+    stream_bytes: int = 0
+    wire_bytes_received: int = 0
+    timings: dict[str, float] = attrs.Factory(dict)
+
+    @property
+    def committed(self) -> bool:
+        return self.outcome == "committed"
+
+    def as_dict(self) -> dict[str, Any]:
+        return attrs.asdict(self)
+
+
+# -- what the destination tells the source -----------------------------------------------
+
+def describe_destination(build: Any) -> dict[str, Any]:
+    """HELLO's payload: the destination's composition (every object, its
+    type and the versions it loads), every filter it would apply (static and
+    this build's dynamic ones, as declarations), and its plugins."""
+    from .engine import Destination, describe_filter, gather_filters
+
+    dest = Destination.of_build(build)
+    return {
+        "protocol": PROTOCOL,
+        "build": build.name,
+        "backend": build.backend.name,
+        "plugins": {name: rec.version for name, rec in sorted(build.registry.plugins.items())
+                    if rec.error is None},
+        "destination": dest.as_schema(),
+        "filters": [describe_filter(f) for f in gather_filters(build)],
+    }
+
+
+def preflight(build: Any, hello: dict[str, Any]) -> Any:
+    """The static check the source runs on the destination's HELLO: does
+    every object of this build reach what the destination has at its path,
+    through the destination's filters? Returns the engine's CheckReport."""
+    from .engine import Destination, SchemaDumpError, check, filters_from_declarations
+
+    if hello.get("protocol") != PROTOCOL:
+        raise PreflightRefused(f"the destination speaks migration protocol "
+                               f"{hello.get('protocol')!r}, this source speaks {PROTOCOL}")
+    try:
+        dest = Destination.of_schema(hello.get("destination") or {},
+                                     name=str(hello.get("build") or "destination"))
+        filters = filters_from_declarations(hello.get("filters") or [])
+    except SchemaDumpError as e:
+        raise PreflightRefused(f"the destination's HELLO is malformed: {e}") from None
+    return check(build, dest, filters)
+
+
+# -- source -------------------------------------------------------------------------------
+
+def _noop(*_a: Any, **_k: Any) -> None:
+    return None
+
+
+def send(build: Any, chan: tp.Channel, *, timeout: float = DEFAULT_TIMEOUT,
+         pause: Callable[[], None] = _noop, resume: Callable[[], None] = _noop,
+         events: Events = _noop, progress: bool = True,
+         keep_dir: str | None = None) -> SourceResult:
+    """Migrate ``build`` over ``chan`` (connected to a destination).
+
+    ``pause()`` is called before the state is written, ``resume()`` when the
+    migration failed after that (the source runs on); neither is called
+    when pre-flight refuses. ``events(name, **info)`` observes the steps:
+    ``hello``, ``checked``, ``paused``, ``sent``, ``loaded``, ``committed``,
+    ``done``, ``resumed``. Never raises for a failed migration: the result
+    says what happened; raises only for programming errors.
+    """
+    res = SourceResult()
+    try:
+        kind, hello = chan.recv_msg(timeout)
+        if kind == tp.FAILED:
+            raise MigrationError(f"the destination refused: {hello.get('error')}")
+        if kind != tp.HELLO:
+            raise tp.ProtocolError(f"expected HELLO, got {tp.KIND_NAMES[kind]}")
+        res.destination = {k: hello.get(k) for k in ("build", "backend", "plugins")}
+        events("hello", hello=hello)
+        report = preflight(build, hello)
+        res.check = report.as_dict()
+        events("checked", report=report)
+        if not report.compatible:
+            gaps = [ln for ln in report.format_text().splitlines()
+                    if not ln.startswith("ok ")]
+            msg = (f"pre-flight check: {build.name} cannot migrate to "
+                   f"{hello.get('build')}; the source was never paused:\n  "
+                   + "\n  ".join(gaps))
+            with contextlib.suppress(tp.TransportError):
+                chan.send_msg(tp.ABORT, {"error": msg, "check": res.check})
+            res.outcome, res.error = "refused", msg
+            return res
+        chan.send_msg(tp.OFFER, {"protocol": PROTOCOL, "build": build.name,
+                                 "backend": build.backend.name,
+                                 "plugins": {n: r.version for n, r in
+                                             sorted(build.registry.plugins.items())
+                                             if r.error is None}})
+    except PreflightRefused as e:
+        with contextlib.suppress(tp.TransportError):
+            chan.send_msg(tp.ABORT, {"error": str(e)})
+        res.outcome, res.error = "refused", str(e)
+        return res
+    except MigtreeError as e:  # before the pause: nothing to resume
+        res.outcome, res.error = "refused", f"before pausing: {e}"
+        return res
+    finally:
+        res.wire_bytes_sent, res.wire_bytes_received = chan.bytes_sent, chan.bytes_received
+
+    from . import stream
+
+    pause()
+    t_pause = time.monotonic()
+    events("paused")
+    committed = False
+    try:
+        with Progress("migrating", stream=None) if progress else _null_progress() as bar:
+            writer = tp.DataWriter(chan, bar.update)
+            try:
+                stream.save(build.root, writer, registry=build.registry, build_name=build.name)
+            except tp.TransportError:
+                raise
+            except MigtreeError as e:
+                with contextlib.suppress(tp.TransportError):
+                    chan.send_msg(tp.ABORT, {"error": f"the source could not write its state: "
+                                                      f"{e}"})
+                raise MigrationError(f"the source could not write its state: {e}") from e
+            writer.flush()
+        res.stream_bytes = writer.total
+        res.save_s = time.monotonic() - t_pause
+        chan.send_msg(tp.END, {"bytes": writer.total})
+        events("sent", bytes=writer.total)
+        kind, msg = chan.recv_msg(timeout)
+        if kind == tp.FAILED:
+            raise MigrationError(f"the destination could not load the state "
+                                 f"({msg.get('stage')}): {msg.get('error')}")
+        if kind != tp.LOADED:
+            raise tp.ProtocolError(f"expected LOADED or FAILED, got {tp.KIND_NAMES[kind]}")
+        res.loaded = msg
+        res.paused_s = time.monotonic() - t_pause
+        events("loaded", report=msg)
+        # The point of no return: once COMMIT is handed to the kernel whole,
+        # the destination may run, so the source must not.
+        chan.send_msg(tp.COMMIT, {})
+        committed = True
+        events("committed")
+        try:
+            kind, _ = chan.recv_msg(timeout)
+            if kind != tp.DONE:
+                raise tp.ProtocolError(f"expected DONE, got {tp.KIND_NAMES[kind]}")
+        except MigtreeError as e:
+            res.outcome = "unconfirmed"
+            res.error = (f"COMMIT was sent but the destination did not confirm it ({e}); the "
+                         "source stays stopped because the destination may be running")
+            res.kept_state = _keep_state(build, keep_dir)
+            if res.kept_state:
+                res.error += f"; its state is kept in {res.kept_state}"
+            log.error("%s", res.error)
+            return res
+        res.outcome = "committed"
+        events("done")
+        return res
+    except MigtreeError as e:
+        if committed:  # pragma: no cover - the branch above returns
+            raise
+        if res.paused_s is None:
+            res.paused_s = time.monotonic() - t_pause
+        res.outcome, res.error = "resumed", f"{e}; the source resumed with its state"
+        resume()
+        events("resumed", error=str(e))
+        return res
+    finally:
+        res.wire_bytes_sent, res.wire_bytes_received = chan.bytes_sent, chan.bytes_received
+
+
+class _null_progress(contextlib.AbstractContextManager):
+    def update(self, n: int) -> None:
+        pass
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def _keep_state(build: Any, keep_dir: str | None) -> str | None:
+    from . import stream
+
+    try:
+        fd, path = tempfile.mkstemp(prefix=f"migtree-{build.name}-", suffix=".mt",
+                                    dir=keep_dir)
+        with open(fd, "wb") as fp:
+            stream.save(build.root, fp, registry=build.registry, build_name=build.name)
+        return path
+    except (OSError, MigtreeError) as e:
+        log.error("could not keep the source's state in a file: %s", e)
+        return None
+
+
+# -- destination ------------------------------------------------------------------------------
+
+class DataReader:
+    """A non-seekable binary file over the DATA frames of a channel, ending at
+    END (whose byte count must match); :func:`migtree.stream.read_tree`
+    decodes from it while the bytes arrive."""
+
+    def __init__(self, chan: tp.Channel, timeout: float | None,
+                 on_bytes: Callable[[int], None] | None = None) -> None:
+        self._frames = tp.iter_data(chan, timeout)
+        self._buf = memoryview(b"")
+        self.total = 0
+        self.finished = False
+        self._on_bytes = on_bytes
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def read(self, n: int = -1) -> bytes:
+        if n is None or n < 0:
+            parts = [bytes(self._buf)]
+            self._buf = memoryview(b"")
+            while self._next():
+                parts.append(bytes(self._buf))
+                self._buf = memoryview(b"")
+            return b"".join(parts)
+        while not self._buf:
+            if not self._next():
+                return b""
+        out = bytes(self._buf[:n])
+        self._buf = self._buf[n:]
+        return out
+
+    def _next(self) -> bool:
+        if self.finished:
+            return False
+        try:
+            chunk = next(self._frames)
+        except StopIteration:
+            self.finished = True
+            return False
+        self.total += len(chunk)
+        if self._on_bytes is not None:
+            self._on_bytes(len(chunk))
+        self._buf = memoryview(chunk)
+        return True
+
+    def drain(self) -> None:
+        """Consume what is left up to END (the footer is the stream's last
+        item, so normally only END is left)."""
+        while self._next():
+            if self._buf:
+                raise tp.ProtocolError("the source sent bytes after the stream's footer")
+        self._buf = memoryview(b"")
+
+
+class Snapshot:
+    """The destination's state before a migration, to put back when the
+    source never commits: a stream in a temporary file (RAM included, in
+    chunks), taken before HELLO so it costs nothing during the pause."""
+
+    def __init__(self, build: Any) -> None:
+        from . import stream
+
+        self.build = build
+        self.file = tempfile.TemporaryFile(prefix="migtree-snapshot-")
+        stream.save(build.root, self.file, registry=build.registry, build_name=build.name)
+
+    def restore(self) -> None:
+        from . import stream
+
+        self.file.seek(0)
+        _, tree = stream.read_tree(self.file)
+        stream.load(tree, self.build.root, registry=self.build.registry)
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def receive(build: Any, chan: tp.Channel, *, timeout: float = DEFAULT_TIMEOUT,
+            events: Events = _noop, explain: bool = False, progress: bool = True,
+            snapshot: Snapshot | None = None) -> DestResult:
+    """Take an incoming migration into ``build`` over ``chan``.
+
+    On ``"committed"`` the build holds the source's state and may run; on
+    any other outcome it holds exactly what it held before. ``events(name,
+    **info)`` observes: ``hello``, ``offer``, ``received``, ``filtered``,
+    ``loaded``, ``commit``, ``rolled-back``. ``snapshot`` (taken by the
+    caller before the source connected) is what a missing COMMIT puts back;
+    without one it is taken here, before HELLO.
+    """
+    from . import stream
+    from .engine import Destination, apply_filters, gather_filters
+
+    res = DestResult()
+    own_snapshot = snapshot is None
+    try:
+        if snapshot is None:
+            snapshot = Snapshot(build)
+        chan.send_msg(tp.HELLO, describe_destination(build))
+        events("hello")
+        res.stage = "pre-flight"
+        kind, msg = chan.recv_msg(timeout)
+        if kind == tp.ABORT:
+            res.outcome, res.error = "refused", str(msg.get("error"))
+            res.check = msg.get("check")
+            return res
+        if kind != tp.OFFER:
+            raise tp.ProtocolError(f"expected OFFER or ABORT, got {tp.KIND_NAMES[kind]}")
+        res.source = {k: msg.get(k) for k in ("build", "backend", "plugins")}
+        events("offer", offer=msg)
+
+        res.stage = "stream"
+        t0 = time.monotonic()
+        with Progress("receiving", stream=None) if progress else _null_progress() as bar:
+            reader = DataReader(chan, timeout, bar.update)
+            try:
+                header, tree = stream.read_tree(reader)
+                reader.drain()
+            except tp.RemoteAbort as e:
+                raise MigrationError(f"the source gave up: {e}") from None
+        res.stream_bytes = reader.total
+        res.timings["receive_decode_s"] = time.monotonic() - t0
+        events("received", bytes=reader.total, header=header)
+
+        res.stage = "filters"
+        t1 = time.monotonic()
+        freport = apply_filters(tree, Destination.of_build(build), gather_filters(build),
+                                explain=explain)
+        res.filters = freport.as_dict()
+        res.timings["filters_s"] = time.monotonic() - t1
+        events("filtered", report=freport)
+
+        res.stage = "load"
+        t2 = time.monotonic()
+        events("loading")
+        lreport = stream.load(tree, build.root, registry=build.registry)
+        res.load = lreport.as_dict()
+        res.timings["load_s"] = time.monotonic() - t2
+        events("loaded", report=lreport)
+    except MigtreeError as e:
+        res.error = str(e)
+        if res.outcome == "pending":
+            res.outcome = "failed"
+        if not isinstance(e, tp.TransportError):
+            with contextlib.suppress(tp.TransportError):
+                chan.send_msg(tp.FAILED, {"stage": res.stage, "error": res.error})
+        res.wire_bytes_received = chan.bytes_received
+        if own_snapshot and snapshot is not None:
+            snapshot.close()
+        return res
+
+    # Loaded, not running. Only COMMIT lets it run.
+    res.stage = "commit"
+    try:
+        chan.send_msg(tp.LOADED, {"filters": res.filters, "load": res.load,
+                                  "stream_bytes": res.stream_bytes, "timings": res.timings})
+        kind, _ = chan.recv_msg(timeout)
+        if kind != tp.COMMIT:
+            raise tp.ProtocolError(f"expected COMMIT, got {tp.KIND_NAMES[kind]}")
+    except MigtreeError as e:
+        snapshot.restore()
+        res.outcome = "rolled-back"
+        res.error = (f"the source did not commit ({e}); the state this build had before the "
+                     "migration was put back")
+        events("rolled-back", error=str(e))
+        res.wire_bytes_received = chan.bytes_received
+        if own_snapshot:
+            snapshot.close()
+        return res
+    if own_snapshot:
+        snapshot.close()
+    res.outcome = "committed"
+    res.stage = None
+    events("commit")
+    with contextlib.suppress(tp.TransportError):
+        chan.send_msg(tp.DONE, {})
+    res.wire_bytes_received = chan.bytes_received
+    return res
+
+
+# -- workloads ----------------------------------------------------------------------------------
+
+def select_workloads(build: Any, spec: str | None) -> list[Any]:
+    """The workloads to run on ``build``: ``"auto"`` (every registered
+    workload whose ``applies(machine)`` is true, by name), ``"none"``, or a
+    comma-separated list of names (each must apply)."""
+    if spec in (None, "", "none"):
+        return []
+    registry = build.registry
+    if spec == "auto":
+        return [w for _, w in sorted(registry.workloads.items()) if w.applies(build.machine)]
+    out = []
+    for name in [n.strip() for n in spec.split(",") if n.strip()]:
+        wl = registry.workloads.get(name)
+        if wl is None:
+            raise MigrationError(f"no installed plugin registers a workload {name!r} "
+                                 f"(installed: {', '.join(sorted(registry.workloads)) or 'none'})")
+        if not wl.applies(build.machine):
+            raise MigrationError(f"workload {name!r} ({wl.plugin}) does not apply to build "
+                                 f"{build.name}: it lacks the devices the workload drives")
+        out.append(wl)
+    return out
+
+
+def run_workloads(step: str, build: Any, workloads: list[Any], seed: int = 0) -> dict[str, Any]:
+    """``start`` (with ``seed``), ``finish`` or ``check`` every workload; for
+    ``check`` the result maps each workload name to its summary."""
+    out: dict[str, Any] = {}
+    for wl in workloads:
+        try:
+            if step == "start":
+                wl.start(build.machine, seed)
+            elif step == "finish":
+                wl.finish(build.machine)
+            else:
+                out[wl.name] = wl.check(build.machine)
+        except MigtreeError as e:
+            raise MigrationError(f"workload {wl.name} ({wl.plugin}): {step}: {e}") from e
+    return out
+
+
+# -- drives: disk images a build names ------------------------------------------------------------
+
+#: size of a disk image ``migtree migrate`` creates when the build's is missing
+DEFAULT_DRIVE_SIZE = 8 << 20
+
+
+def iter_path_props(config: dict[str, Any], registry: Any):
+    """``(device table, prop name)`` for every property a device type lists
+    in ``PATH_PROPS`` (its disk image, typically), children included."""
+    def walk(dcfg: Any):
+        if not isinstance(dcfg, dict):
+            return
+        info = registry.types.get(dcfg.get("type")) if isinstance(dcfg.get("type"), str) \
+            else None
+        if info is not None:
+            for prop in getattr(info.cls, "PATH_PROPS", ()):
+                if isinstance(dcfg.get(prop), str):
+                    yield dcfg, prop
+        for child in (dcfg.get("children") or {}).values():
+            yield from walk(child)
+
+    for dcfg in config.get("device") or []:
+        yield from walk(dcfg)
+
+
+def pattern_image(path: Any, size: int) -> None:
+    """A disk image of ``size`` bytes whose sector N holds N (u32, repeated),
+    so a read shows which sector it came from."""
+    sectors = size // 512
+    block = 2048  # sectors per write
+    with open(Path(path), "wb") as f:
+        for first in range(0, sectors, block):
+            n = min(block, sectors - first)
+            f.write(b"".join(struct.pack("<I", s) * 128 for s in range(first, first + n)))
+        f.truncate(size)
+
+
+def create_missing_drives(build_file: Any, size: int, registry: Any) -> list[str]:
+    """Create (zero-filled, sparse) every drive ``build_file`` names that does
+    not exist yet; returns their paths."""
+    path = Path(build_file)
+    try:
+        config = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError):
+        return []  # load_build reports it properly
+    made = []
+    for dcfg, prop in iter_path_props(config, registry):
+        target = (path.resolve().parent / dcfg[prop]).resolve()
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with open(target, "wb") as f:
+                f.truncate(size)
+            made.append(str(target))
+    return made
+
+
+def dump_toml(config: dict[str, Any]) -> str:
+    """A build configuration back as TOML (the subset build files use:
+    tables, arrays of tables, inline tables, strings, integers, booleans)."""
+
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, int | float):
+            return repr(v)
+        if isinstance(v, str):
+            return json.dumps(v)
+        if isinstance(v, list):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        if isinstance(v, dict):
+            return "{ " + ", ".join(f"{key(k)} = {value(x)}" for k, x in v.items()) + " }"
+        raise TypeError(f"cannot write {v!r} as TOML")
+
+    def key(k: str) -> str:
+        return k if re.fullmatch(r"[A-Za-z0-9_-]+", k) else json.dumps(k)
+
+    lines = []
+    for k, v in config.items():
+        if not isinstance(v, dict | list) or (isinstance(v, list) and
+                                              not all(isinstance(x, dict) for x in v)):
+            lines.append(f"{key(k)} = {value(v)}")
+    for k, v in config.items():
+        if isinstance(v, dict):
+            lines.append(f"\n[{key(k)}]")
+            lines.extend(f"{key(a)} = {value(b)}" for a, b in v.items())
+        elif isinstance(v, list) and v and all(isinstance(x, dict) for x in v):
+            for item in v:
+                lines.append(f"\n[[{key(k)}]]")
+                lines.extend(f"{key(a)} = {value(b)}" for a, b in item.items())
+    return "\n".join(lines) + "\n"
