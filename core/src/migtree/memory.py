@@ -250,6 +250,16 @@ class GuestMemoryObject(Object):
         self.memory = memory
         self.state.size = memory.size
 
+    # the object stands for its RAM: ``machine.memory.read(...)`` works whether
+    # the build set ``machine.memory`` to this object or to its GuestMemory
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_") or name not in _DELEGATED:
+            raise AttributeError(name)
+        return getattr(self.__dict__["memory"], name)
+
+    def __len__(self) -> int:
+        return self.memory.size
+
     def pre_save(self) -> None:
         self.state.size = self.memory.size
         self.state.ram = self.memory
@@ -264,6 +274,20 @@ class GuestMemoryObject(Object):
                 f"stream), this build has {self.memory.size}: start it with the same size")
         self.memory.load_chunks(data.iter_chunks())
         self.state.ram = self.memory
+
+
+_DELEGATED = frozenset(
+    n for n in dir(GuestMemory) if not n.startswith("_") and n not in ("close", "closed"))
+
+
+def as_guest_memory(memory: Any) -> GuestMemory | None:
+    """``machine.memory`` as a :class:`GuestMemory` (the build may hold the
+    ``guest-memory`` object or the mapping itself); None when there is none."""
+    if memory is None or isinstance(memory, GuestMemory):
+        return memory
+    if isinstance(memory, GuestMemoryObject):
+        return memory.memory
+    raise TypeError(f"machine.memory is {memory!r}, not guest memory")
 
 
 def install(machine: Any, size: int | str, *, name: str = "ram") -> GuestMemory:

@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from migtree.errors import MigtreeError
-from migtree.memory import GuestMemory
+from migtree.memory import GuestMemory, as_guest_memory
 from migtree.qom import Device, Machine
 
 from .constants import (
@@ -108,10 +108,11 @@ class VirtioDevice(Device):
     @property
     def memory(self) -> GuestMemory:
         machine = find_machine(self)
-        if machine is None or machine.memory is None:
-            raise MigtreeError(f"{self!r} has no guest memory: the build must install "
-                               "migtree.memory before a virtio device runs")
-        return machine.memory
+        mem = as_guest_memory(machine.memory) if machine is not None else None
+        if mem is None:
+            raise MigtreeError(f"{self.where}: {self.TYPE} has no guest memory: the build "
+                               "must give the machine guest RAM before a virtio device runs")
+        return mem
 
     # -- feature negotiation and status (§2.1, §2.2, §3.1.1) --------------------------------
     def has_feature(self, bit: int) -> bool:

@@ -29,6 +29,7 @@ import struct
 from typing import Any
 
 from migtree.errors import MigtreeError
+from migtree.memory import as_guest_memory
 from migtree.qom import Device
 
 from .constants import (
@@ -468,7 +469,7 @@ class VirtioPci(Device):
         data = _le(entry, 8, 4)
         self.msi_log.append((addr, data))
         machine = find_machine(self)
-        mem = machine.memory if machine is not None else None
+        mem = as_guest_memory(machine.memory) if machine is not None else None
         if mem is not None and mem.contains(addr, 4):
             mem.write_u32(addr, data)  # a DMA write into guest RAM
         if self.on_msi is not None:
@@ -499,6 +500,11 @@ class VirtioPci(Device):
     def post_load(self) -> None:
         st = self.state
         where = _where(self)
+        if len(st.msix_table) != self.nvectors * PCI_MSIX_ENTRY_SIZE or \
+                len(st.msix_pba) != pba_size(self.nvectors):
+            raise VirtioPciError(
+                f"{where}: the source has {len(st.msix_table) // PCI_MSIX_ENTRY_SIZE} MSI-X "
+                f"vectors, this build has {self.nvectors}")
         fresh, _w, cmask = build_config(self.vdev, self.nvectors)
         for i in range(256):
             if (st.pci_config[i] ^ fresh[i]) & cmask[i]:
@@ -506,11 +512,6 @@ class VirtioPci(Device):
                     f"{where}: PCI config mismatch at {i:#04x}: the source has "
                     f"{st.pci_config[i]:#04x}, this build's {self.vdev.TYPE} behind virtio-pci "
                     f"has {fresh[i]:#04x} (read-only bits must agree)")
-        if len(st.msix_table) != self.nvectors * PCI_MSIX_ENTRY_SIZE or \
-                len(st.msix_pba) != pba_size(self.nvectors):
-            raise VirtioPciError(
-                f"{where}: the source has {len(st.msix_table) // PCI_MSIX_ENTRY_SIZE} MSI-X "
-                f"vectors, this build has {self.nvectors}")
         st.pci_config = bytearray(st.pci_config)
         st.msix_table = bytearray(st.msix_table)
         st.msix_pba = bytearray(st.msix_pba)

@@ -19,6 +19,7 @@ import random
 from typing import Any
 
 from migtree.build import Workload
+from migtree.memory import as_guest_memory
 
 from .blk import VirtioBlk
 from .constants import BLK_T_IN, BLK_T_OUT, SECTOR_SIZE
@@ -49,10 +50,10 @@ def _region(k: int) -> tuple[int, int]:
 
 def applies(machine: Any) -> bool:
     devs = block_devices(machine)
-    if not devs or machine.memory is None:
+    if not devs or as_guest_memory(machine.memory) is None:
         return False
     base, _ = _region(len(devs))
-    return machine.memory.size >= base
+    return as_guest_memory(machine.memory).size >= base
 
 
 def start(machine: Any, seed: int) -> None:
@@ -61,7 +62,8 @@ def start(machine: Any, seed: int) -> None:
         base, mmio = _region(k)
         vdev = dev.vdev
         vdev.on_kick = "none"
-        drv = VirtioBlkDriver.init(dev, machine.memory, base=base, queue_size=QUEUE_SIZE,
+        mem = as_guest_memory(machine.memory)
+        drv = VirtioBlkDriver.init(dev, mem, base=base, queue_size=QUEUE_SIZE,
                                    slot_data=SLOT_DATA, mmio_base=mmio)
         sectors = max(drv.capacity, 1)
         n = min(drv.lay.nslots, rng.randint(8, 24))
@@ -94,7 +96,7 @@ def finish(machine: Any) -> None:
         base, _ = _region(k)
         vdev = dev.vdev
         vdev.on_kick = "process"
-        drv = VirtioBlkDriver.attach(dev, machine.memory, base=base)
+        drv = VirtioBlkDriver.attach(dev, as_guest_memory(machine.memory), base=base)
         vdev.run()
         drv.poll()
 
@@ -103,7 +105,7 @@ def check(machine: Any) -> dict:
     out: dict[str, Any] = {}
     for k, dev in enumerate(block_devices(machine)):
         base, _ = _region(k)
-        drv = VirtioBlkDriver.attach(dev, machine.memory, base=base)
+        drv = VirtioBlkDriver.attach(dev, as_guest_memory(machine.memory), base=base)
         reqs = [{"slot": r.slot, "type": r.type, "sector": r.sector, "length": r.length,
                  "state": r.state, "status": r.status, "used_len": r.used_len,
                  "data_sha256": hashlib.sha256(r.data).hexdigest()} for r in drv.results()]
