@@ -163,6 +163,15 @@ def test_round_trip_from_the_old_version_catches_the_leftover_stash():
     assert "__stash__: only after ({'kit-pair': {'irq_mask': 0}})" in str(e.value)
 
 
+def test_round_trip_both_ways_when_the_drop_knows_the_default():
+    down = Filter(name="kit-v2-to-v1", match="kit-dev@2", produces="kit-dev@1",
+                  func=ops.chain(ops.drop_field("irq_mask", default=0),
+                                 ops.rename_field("count", "counter"), ops.set_version(1)))
+    reg = make_registry(("kit", plugin(FilterPair("kit-pair", UP, down))))
+    assert_round_trips(reg, "kit-v1-to-v2", "kit-v2-to-v1", "kit-dev@1", max_examples=20)
+    assert_round_trips(reg, "kit-v2-to-v1", "kit-v1-to-v2", "kit-dev@2", max_examples=20)
+
+
 def test_round_trip_fails_for_a_lossy_pair():
     lossy_down = Filter(name="kit-v2-to-v1", match="kit-dev@2", produces="kit-dev@1",
                         func=ops.chain(ops.drop_field("irq_mask"),

@@ -28,6 +28,9 @@ def test_found_through_its_entry_point(registry):
 
 
 def test_filter_pair_round_trips(registry):
-    # every version-2 state goes down to version 1 and comes back unchanged
+    # every version-2 state goes down to version 1 and comes back unchanged...
     assert_round_trips(registry, "example-device-v2-to-v1", "example-device-v1-to-v2",
                        "example-device@2")
+    # ...and every version-1 state goes up to version 2 and back
+    assert_round_trips(registry, "example-device-v1-to-v2", "example-device-v2-to-v1",
+                       "example-device@1")
