@@ -10,10 +10,20 @@ import attrs
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from test_engine_support import F, blk_filters, dest, node, order, tree
+from test_engine_support import (
+    F,
+    NewDev,
+    NewState,
+    blk_filters,
+    build_with,
+    dest,
+    dyn_registry,
+    node,
+    order,
+    tree,
+)
 
-from migtree import builtin, ops
-from migtree.build import Backend, load_build
+from migtree import ops
 from migtree.engine import (
     MAX_APPLICATIONS,
     Destination,
@@ -23,11 +33,7 @@ from migtree.engine import (
     gather_filters,
 )
 from migtree.errors import FilterError
-from migtree.fields import u32
 from migtree.filters import FilterPair
-from migtree.hookspecs import hookimpl
-from migtree.qom import Device
-from migtree.registry import Registry
 from migtree.tree import load_tree, save_tree
 
 # -- target-directed -------------------------------------------------------------
@@ -391,70 +397,6 @@ def test_relative_path_patterns_are_refused():
 
 
 # -- dynamic filters ---------------------------------------------------------------------
-
-
-@attrs.define
-class OldState:
-    value: int = u32()
-
-
-@attrs.define
-class NewState:
-    value: int = u32()
-    extra: int = u32()
-
-
-class OldDev(Device):
-    TYPE = "t-old"
-    ABSTRACT = False
-    STATE = OldState
-
-
-class NewDev(Device):
-    TYPE = "t-new"
-    ABSTRACT = False
-    STATE = NewState
-    VERSION = 2
-    MIN_VERSION = 2
-
-    def realize(self):
-        # the proposal: the device registers the filter for its own migration
-        if getattr(self, "register_dynamic", False):
-            self.machine.register_filter(old_to_new(self.path, "device"))
-
-
-def old_to_new(path, how):
-    return F(f"old-to-new-{how}", "t-old@1", "t-new@2",
-             ops.chain(ops.rename_type("t-new"), ops.add_field("extra", 7), ops.set_version(2)),
-             path=path)
-
-
-class DynPlugin:
-    @hookimpl
-    def migtree_register_types(self, register):
-        register(OldDev)
-        register(NewDev)
-
-    @hookimpl
-    def migtree_register_backends(self, register):
-        register(Backend("test", "no vCPUs", lambda machine, count, registry: None))
-
-    @hookimpl
-    def migtree_object_realized(self, obj, register_filter):
-        if obj.TYPE == "t-new":
-            register_filter(old_to_new(obj.path, "hook"))
-
-
-def dyn_registry():
-    reg = Registry()
-    reg.add_plugin(builtin, "migtree")
-    reg.add_plugin(DynPlugin(), "dyn-plugin")
-    return reg
-
-
-def build_with(type_name, reg):
-    return load_build({"machine": {"backend": "test"},
-                       "device": [{"type": type_name, "id": "d0"}]}, reg)
 
 
 def test_dynamic_filters_registered_by_a_build_apply_to_migrations_into_it():

@@ -4,9 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from migtree import ops
+import attrs
+
+from migtree import builtin, ops
+from migtree.build import Backend, load_build
 from migtree.engine import Destination
+from migtree.fields import u32
 from migtree.filters import Filter, TypeVersion
+from migtree.hookspecs import hookimpl
+from migtree.qom import Device
+from migtree.registry import Registry
 
 
 def node(tv: str, **fields: Any) -> dict[str, Any]:
@@ -70,3 +77,70 @@ def blk_filters() -> dict[str, Filter]:
              ops.chain(ops.drop_field("wce"), ops.rename_field("queues", "q"),
                        ops.set_version(1)), pair="blk12")
     return {"split": split, "merge": merge, "up": up, "down": down}
+
+
+# -- a plugin whose new device registers a dynamic filter --------------------------
+
+
+@attrs.define
+class OldState:
+    value: int = u32()
+
+
+@attrs.define
+class NewState:
+    value: int = u32()
+    extra: int = u32()
+
+
+class OldDev(Device):
+    TYPE = "t-old"
+    ABSTRACT = False
+    STATE = OldState
+
+
+class NewDev(Device):
+    TYPE = "t-new"
+    ABSTRACT = False
+    STATE = NewState
+    VERSION = 2
+    MIN_VERSION = 2
+
+    def realize(self):
+        # the proposal: the device registers the filter for its own migration
+        if getattr(self, "register_dynamic", False):
+            self.machine.register_filter(old_to_new(self.path, "device"))
+
+
+def old_to_new(path, how):
+    return F(f"old-to-new-{how}", "t-old@1", "t-new@2",
+             ops.chain(ops.rename_type("t-new"), ops.add_field("extra", 7), ops.set_version(2)),
+             path=path)
+
+
+class DynPlugin:
+    @hookimpl
+    def migtree_register_types(self, register):
+        register(OldDev)
+        register(NewDev)
+
+    @hookimpl
+    def migtree_register_backends(self, register):
+        register(Backend("test", "no vCPUs", lambda machine, count, registry: None))
+
+    @hookimpl
+    def migtree_object_realized(self, obj, register_filter):
+        if obj.TYPE == "t-new":
+            register_filter(old_to_new(obj.path, "hook"))
+
+
+def dyn_registry():
+    reg = Registry()
+    reg.add_plugin(builtin, "migtree")
+    reg.add_plugin(DynPlugin(), "dyn-plugin")
+    return reg
+
+
+def build_with(type_name, reg):
+    return load_build({"machine": {"backend": "test"},
+                       "device": [{"type": type_name, "id": "d0"}]}, reg)

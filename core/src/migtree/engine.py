@@ -1083,7 +1083,9 @@ class CheckReport:
                 steps = " -> ".join(f"{s['filter']}" for s in e.chain)
                 lines.append(f"ok   {where}: {e.source} -> {e.chain[-1]['to']} via {steps}")
             elif e.status == "consumed":
-                lines.append(f"ok   {where}: {e.source} {e.wanted}")
+                via = (f" after {' -> '.join(s['filter'] for s in e.chain)} (to "
+                       f"{e.chain[-1]['to']})" if e.chain else "")
+                lines.append(f"ok   {where}: {e.source} {e.wanted}{via}")
             else:
                 lines.append(f"ok   {where}: {e.source}")
         for p in self.missing:
@@ -1214,6 +1216,7 @@ def _fill_entries(report: CheckReport, engine: _Engine, src: list[tuple[str, str
     apps: dict[str, list[Application]] = {}
     for a in engine.report.applications:
         apps.setdefault(a.path, []).append(a)
+    by_name = {f.name: f for f in engine.filters}
     listed = set()
     for path, tv in src:
         listed.add(path)
@@ -1227,8 +1230,12 @@ def _fill_entries(report: CheckReport, engine: _Engine, src: list[tuple[str, str
             entry.chain = [_step(a) for a in apps[path]]
         if entry.status != "gap" and path not in final_paths:
             entry.status = "consumed"
-            entry.wanted = next((a.reason for a in apps.get(path, [])), "") or \
-                "folded into its parent by a filter"
+            parent, _, name = path.rpartition("/")
+            parent = parent or "/"
+            by = next((a.filter for a in apps.get(parent, [])
+                       if name in by_name[a.filter].consumes), None)
+            entry.wanted = (f"consumed by filter {by} at {parent}" if by else
+                            "folded into its parent by a filter")
         report.entries.append(entry)
     for path, e in errs.items():  # nodes a split created
         if path not in listed:
