@@ -1,7 +1,17 @@
-"""migtree hook implementations for QEMU migration streams.
+"""migtree hooks of the ``qemu`` plugin: QEMU's ``QEVM`` stream as a migtree
+stream format (``inspect``, ``convert --from qemu`` / ``--to qemu``).
 
-Phase 1 of issue 8 provides only the QEVM codec (:mod:`migtree_qemu.qevm`)
-and a QMP client (:mod:`migtree_qemu.qmp`); the hooks that register the
-QEMU stream format with the migtree core are added once the core's device
-API is documented.
+The codec itself (:mod:`migtree_qemu.qevm`) does not need the core; this
+module is what the ``migtree`` entry point loads.
 """
+
+from __future__ import annotations
+
+from migtree import hookimpl
+
+from .format import QemuStreamFormat
+
+
+@hookimpl
+def migtree_register_stream_formats(register):
+    register(QemuStreamFormat())

@@ -31,6 +31,7 @@ result replaces the bytes in the tree and its ``encode`` turns it back.
 from __future__ import annotations
 
 import copy
+import struct
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Protocol
 
@@ -135,6 +136,8 @@ def _plain_value(v: Any, f: Field, ctx: dict[str, Any]) -> Any:
         return object_to_plain(v, ctx)
     if v is NULLPTR:
         return None
+    if isinstance(v, float):  # the tree has no floats: keep the IEEE bits
+        return int.from_bytes(struct.pack(">d", v), "big")
     return v
 
 
@@ -234,6 +237,8 @@ def _from_plain(v: Any, fdesc: Mapping[str, Any], path: str) -> Any:
         return plain_to_object(v, fdesc["struct"], path + ".")
     if "fields" in fdesc:  # tmp: inline vmsd
         return plain_to_object(v, fdesc, path + ".")
+    if fdesc.get("type") == "float64" and isinstance(v, int) and not isinstance(v, bool):
+        return v.to_bytes(8, "big")  # the IEEE bits, written as they are
     return v
 
 
@@ -446,6 +451,112 @@ def tree_to_stream(tree: Mapping[str, Any], *, decoders: Decoders | None = None)
         stream.items.append(Section(kind, sid, idstr, instance, version, body,
                                     footer=footer, desc_keys=desc_keys))
     return stream
+
+
+# ---------------------------------------------------------------------------
+# migtree schema entries (for the header of a migtree stream)
+
+_BYTES_KIND = {"bool": {"kind": "bool"}, "float64": {"kind": "u64"},
+               "pci irq state": {"kind": "array", "length": 4, "element": {"kind": "i32"}},
+               "capability": {"kind": "str"}}
+
+
+def _elem_desc(fdesc: Mapping[str, Any]) -> dict[str, Any]:
+    from .vmstate import INT_TYPES
+
+    if "struct" in fdesc:
+        sd = fdesc["struct"]
+        if not sd:
+            return {"kind": "optional", "inner": {"kind": "struct", "struct": "",
+                                                  "fields": []}}
+        return {"kind": "struct", "struct": sd.get("vmsd_name", ""),
+                "fields": layout_fields(sd)}
+    if "fields" in fdesc:
+        return {"kind": "struct", "struct": fdesc.get("vmsd_name", ""),
+                "fields": layout_fields(fdesc)}
+    t = fdesc.get("type")
+    if t in INT_TYPES:
+        width, signed = INT_TYPES[t]
+        return {"kind": f"{'i' if signed else 'u'}{width * 8}"}
+    if t in _BYTES_KIND:
+        return dict(_BYTES_KIND[t])
+    return {"kind": "bytes", "length": fdesc.get("size", 0)}
+
+
+def layout_fields(layout: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """A QEMU layout (vmdesc object) as migtree field descriptions
+    (``{"name", "kind", ...}``, the shape of ``migtree.visitor.schema_of``)."""
+    out: list[dict[str, Any]] = []
+    index_of: dict[str, dict[str, Any]] = {}
+    seen: dict[str, int] = {}
+    for fdesc in layout.get("fields", []):
+        name = fdesc["name"]
+        if "index" in fdesc:
+            if name in index_of:
+                index_of[name]["length"] += 1
+                continue
+            d = {"name": name, "kind": "array", "length": 1, "element": _elem_desc(fdesc)}
+            index_of[name] = d
+            out.append(d)
+            continue
+        n = seen[name] = seen.get(name, 0) + 1
+        key = name if n == 1 else f"{name}#{n}"
+        if "array_len" in fdesc:
+            out.append({"name": key, "kind": "array", "length": fdesc["array_len"],
+                        "element": _elem_desc(fdesc)})
+        else:
+            out.append({"name": key, **_elem_desc(fdesc)})
+    taken = {d["name"]: None for d in out}
+    for sdesc in layout.get("subsections", []):
+        key = _sub_key(layout.get("vmsd_name", ""), sdesc["vmsd_name"], taken)
+        taken[key] = None
+        out.append({"name": key, "kind": "optional",
+                    "inner": {"kind": "struct", "struct": sdesc["vmsd_name"],
+                              "fields": layout_fields(sdesc)}})
+    return out
+
+
+_QEMU_FIELD = {"name": QEMU_KEY, "kind": "struct", "struct": "qemu-section",
+               "doc": "QEMU section identity (idstr, instance_id, section_id) and layout "
+                      "(its vmdesc entry) that migtree-qemu writes the node back with",
+               "fields": []}
+
+
+def tree_schemas(tree: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """``{"TYPE@V": schema entry}`` for every node a QEMU tree holds, for
+    the header of a migtree stream (``migtree.stream.write_tree(schemas=)``).
+    Two sections of one type@version with different layouts (e.g. different
+    subsections present) get the first one's description."""
+    out: dict[str, dict[str, Any]] = {}
+
+    def add(node: Mapping[str, Any], fields: list[dict[str, Any]]) -> None:
+        key = f"{node[TYPE_KEY]}@{node[VERSION_KEY]}"
+        if key not in out:
+            out[key] = {"type": node[TYPE_KEY], "version": node[VERSION_KEY], "parent": None,
+                        "plugin": "migtree-qemu", "fields": fields}
+
+    def walk(node: Mapping[str, Any]) -> None:
+        t = node[TYPE_KEY]
+        q = node.get(QEMU_KEY)
+        if t == "container" and q is None:
+            add(node, [])
+        elif t == MACHINE_TYPE:
+            add(node, [dict(_QEMU_FIELD, struct="qemu-stream", doc="QEMU stream facts")])
+        elif t == RAM_TYPE:
+            add(node, [dict(_QEMU_FIELD),
+                       {"name": "blocks", "kind": "array", "element": {
+                           "kind": "struct", "struct": "ram-block", "fields": [
+                               {"name": "name", "kind": "str"},
+                               {"name": "length", "kind": "u64"}]}},
+                       {"name": "sections", "kind": "array", "element": {"kind": "blob"}}])
+        elif q is not None:
+            add(node, [dict(_QEMU_FIELD), *layout_fields(q["layout"])])
+        for v in node.values():
+            if isinstance(v, Mapping) and TYPE_KEY in v:
+                walk(v)
+
+    walk(tree)
+    return out
 
 
 def copy_tree(tree: Mapping[str, Any]) -> dict[str, Any]:
