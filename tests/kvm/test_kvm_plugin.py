@@ -2,11 +2,9 @@
 kvm-apic <-> apic@3 filters, registered statically and dynamically.
 
 Issue 5's three kernel scenarios are here: kvm -> apic (save a kvm build,
-filter, load into a userspace-APIC build), apic -> kvm (filter, load into a
-kvm build, read the kernel back), and kvm -> apic -> kvm through both
-filters. The userspace side is ``kvm_standins`` until migtree-apic is
-installed here: it checks the filtered state against the ``apic@3`` schema,
-not the model's interrupt delivery.
+filter, load into a build of migtree-apic's userspace APICs, which then
+deliver the interrupts), apic -> kvm (filter, load into a kvm build, read
+the kernel back), and kvm -> apic -> kvm through both filters.
 """
 
 from __future__ import annotations
@@ -26,8 +24,8 @@ from kvm_helpers import (
     vectors,
     xapic_bases,
 )
-from kvm_standins import ApicV3State, StandInApicPlugin
 
+import migtree_apic.plugin as apic_plugin
 import migtree_kvm.plugin as kvm_plugin
 from migtree import builtin
 from migtree.build import load_build
@@ -35,6 +33,8 @@ from migtree.errors import BuildError, LoadError
 from migtree.registry import Registry
 from migtree.tree import get_node, iter_object_nodes, load_tree, own_fields, save_tree
 from migtree.visitor import node_to_state, schema_of, state_to_node
+from migtree_apic.device import REG_EOI
+from migtree_apic.state import ApicState
 from migtree_kvm.backend import KvmAccel, accel_of, create_cpus
 from migtree_kvm.device import RESET_PAGE, KvmApic, KvmApicState
 from migtree_kvm.filters import (
@@ -61,7 +61,7 @@ def registry():
     reg_ = Registry()
     reg_.add_plugin(builtin, "migtree")
     reg_.add_plugin(kvm_plugin, "migtree-kvm")
-    reg_.add_plugin(StandInApicPlugin(), "migtree-apic-standin")
+    reg_.add_plugin(apic_plugin, "migtree-apic")
     return reg_
 
 
@@ -155,8 +155,8 @@ def test_apic_to_kvm_to_apic_is_the_identity(fields):
 def test_filtered_apic_node_fits_the_apic_v3_schema(fields):
     regs, base = apic_state_to_page(fields)
     node = kvm_apic_to_apic(kvm_node(regs, base))
-    state = node_to_state(ApicV3State, node, 3, LAPIC0)
-    assert state_to_node(ApicV3State, state, 3) == own_fields(node)
+    state = node_to_state(ApicState, node, 3, LAPIC0)
+    assert state_to_node(ApicState, state, 3) == own_fields(node)
 
 
 def test_kvm_to_apic_to_kvm_is_the_identity_for_any_page():
@@ -273,34 +273,101 @@ def program_vcpu(vcpu):
     return fields
 
 
+def expected_delivery(irr: list[int], isr: list[int], tpr: int) -> list[tuple[str, int]]:
+    """What the SDM prescribes for a CPU that acknowledges every interrupt
+    it is offered and EOIs it at once, and finishes the handlers that were
+    in service (innermost first) when nothing is offered: ``("int", v)``
+    and ``("eoi", v)`` in order. Computed from the kernel's registers, with
+    nothing from the userspace model."""
+    irr, isr, out = set(vectors(irr)), sorted(vectors(isr)), []
+    while irr or isr:
+        isrv = isr[-1] if isr else 0
+        ppr = tpr if (tpr >> 4) >= (isrv >> 4) else isrv & 0xF0
+        offered = max(irr) if irr and (max(irr) >> 4) > (ppr >> 4) else None
+        if offered is not None:
+            irr.discard(offered)
+            out += [("int", offered), ("eoi", offered)]
+        else:
+            out.append(("eoi", isr.pop()))
+    return out
+
+
+def play_cpu(apic) -> list[tuple[str, int]]:
+    """The same CPU, played against the userspace model."""
+    out = []
+    while True:
+        if apic.interrupt_pending:
+            vector = apic.get_interrupt()
+            apic.write(REG_EOI, 0)
+            out += [("int", vector), ("eoi", vector)]
+        elif any(apic.state.isr):
+            isrv = max(vectors(apic.state.isr))
+            apic.write(REG_EOI, 0)
+            out.append(("eoi", isrv))
+        else:
+            return out
+
+
 @requires_kvm
 def test_kvm_to_userspace_apic(kvm_build, user_build):
     """KVM_SET_LAPIC -> save the kvm build -> kvm-apic -> apic@3 -> load into
-    a userspace-APIC build: every carried field arrives; the timer restarts."""
+    a userspace-APIC build: every carried field arrives, and the model
+    delivers the pending interrupts in the order the architecture gives the
+    kernel's state; the timer restarts with a full period."""
     src = lapic(kvm_build)
     programmed = program_vcpu(src.vcpu)
     tree = save_tree(kvm_build.root)  # pre_save reads the kernel
     kernel_page = src.vcpu.get_lapic()
     assert masked(get_node(tree, LAPIC0)["regs"], KEEP) == masked(kernel_page, KEEP)
+    kernel = page_to_apic_state(kernel_page, src.vcpu.get_apic_base())
+    src.vcpu.set_lapic(kernel_page)  # settle PPR (see test_kvm_lapic_kernel)
+    kernel_ppr = reg(src.vcpu.get_lapic(), 0x0A)
 
     applied = apply_filters(tree, static(kvm_build.registry, FORWARD))
     assert [p for _, p in applied] == [LAPIC0, LAPIC1]
     load_tree(tree, user_build.root)
-    got = attrs_dict(lapic(user_build).state)
-    assert carried(got) == carried(programmed)
+    dst = lapic(user_build)
+    got = apic_fields(dst.state)
+    assert carried(got) == carried(programmed) == carried(kernel)
     assert vectors(got["irr"]) == [0x41, 0x55, 0xA7]
     assert vectors(got["isr"]) == [0x62, 0x81]
     assert vectors(got["tmr"]) == [0x55]
     assert got["count_shift"] == 6
+    assert dst.ppr == kernel_ppr == 0x80
+
+    # the same interrupts, in the same order
+    expected = expected_delivery(kernel["irr"], kernel["isr"], kernel["tpr"])
+    assert [v for what, v in expected if what == "int"] == [0xA7, 0x55, 0x41]
+    assert play_cpu(dst) == expected
+
     # the timer, as QEMU: loaded at now (0), first expiry a full period later
+    period = (0x00FF_FFFF + 1) << 6
     assert got["initial_count_load_time"] == 0
-    assert got["timer_expiry"] == got["next_time"] == (0x00FF_FFFF + 1) << 6
+    assert got["timer_expiry"] == got["next_time"] == period
+    user_build.machine.clock.advance(period - 1)
+    assert not dst.interrupt_pending
+    user_build.machine.clock.advance(1)
+    assert dst.get_interrupt() == 0xEC  # the timer LVT's vector
 
 
-def attrs_dict(state) -> dict:
+def apic_fields(state) -> dict:
+    """QEMU's 19 apic v3 fields of a userspace apic's state (no ``sipi``)."""
     import attrs
 
-    return attrs.asdict(state)
+    return {k: v for k, v in attrs.asdict(state).items() if k != "sipi"}
+
+
+def test_an_application_processor_waiting_for_sipi_is_not_carried_into_the_kernel():
+    """KVM keeps wait-for-SIPI in the vCPU's MP state; QEMU's kvm-apic never
+    writes the subsection. The stash keeps it for the way back."""
+    fields = page_to_apic_state(RESET_PAGE, 0xFEE0_0800)
+    node = apic_node({**fields, "sipi": {"sipi_vector": 0, "wait_for_sipi": 1}})
+    out = apic_to_kvm_apic(node)
+    assert set(own_fields(out)) == {"regs", "apicbase"}
+    assert out["__stash__"][PAIR]["sipi"] == {"sipi_vector": 0, "wait_for_sipi": 1}
+    back = kvm_apic_to_apic(out)
+    assert back["sipi"] == {"sipi_vector": 0, "wait_for_sipi": 1}
+    assert "sipi" not in kvm_apic_to_apic(kvm_node(RESET_PAGE, 0xFEE0_0800))
 
 
 @requires_kvm
@@ -317,7 +384,7 @@ def test_userspace_apic_to_kvm(kvm_build, user_build):
     fields.update(initial_count=12345, divide_conf=0b0011, count_shift=4)
     fields.update(initial_count_load_time=777, next_time=777 + (12346 << 4))
     fields["timer_expiry"] = fields["next_time"]
-    dev.state = ApicV3State(**fields)
+    dev.state = ApicState(**fields)
     tree = save_tree(user_build.root)
     apply_filters(tree, static(user_build.registry, BACKWARD))
     report = load_tree(tree, kvm_build.root)

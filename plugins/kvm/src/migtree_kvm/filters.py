@@ -20,12 +20,21 @@ other direction would not reproduce, and consumes it when it is there:
   the timer, so the phase is dropped every time), and the other fields the
   page does not carry (``arb_id``, ``next_time``, ``timer_expiry``, a
   ``count_shift`` that disagrees with ``divide_conf``) when forward, given
-  that load time back, would not compute the same values; forward restores
-  them.
+  that load time back, would not compute the same values; and the optional
+  ``sipi`` part (QEMU's ``apic_sipi`` subsection). Forward restores them.
+
+``sipi`` is never carried into the kernel: KVM keeps "waiting for a start-up
+IPI" in the vCPU's MP state, not in the LAPIC, and QEMU's ``kvm-apic`` never
+writes the subsection (its ``wait_for_sipi`` stays 0), so forward produces
+none either.
 
 A stash only lives in a tree being filtered: state that went through a
 build (a kernel or a userspace model) comes back without one, and then the
 mapping rules alone apply.
+
+A node that is not what the filter's ``match`` promised, or a value the
+other side cannot hold, is a :class:`~migtree.errors.FilterError` naming the
+object's path and the field.
 
 **The timer.** A filter sees one node, not the source machine's virtual
 clock, so forward takes the timer as (re)loaded at virtual time
@@ -39,6 +48,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from migtree.errors import FilterError
 from migtree.filters import Filter, FilterPair
 
 from .lapic_map import (
@@ -56,30 +66,56 @@ KVM_APIC = "kvm-apic@1"
 APIC = "apic@3"
 
 _FIELD_NAMES = [name for name, _, _ in APIC_FIELDS]
+#: optional parts of apic@3 beyond QEMU's 19 fields: the apic_sipi subsection
+_APIC_OPTIONAL = ("sipi",)
 _STATE_KEYS = ("regs", "apicbase")
+_RESERVED = ("__type__", "__version__")
 _COVERED = covered_mask()
 
 
-def _split(node: dict[str, Any], keys: list[str] | tuple[str, ...]) -> dict[str, Any]:
-    """Take the state keys out of ``node``; what remains is reserved keys and children."""
+def _where(ctx: Any) -> str:
+    return getattr(ctx, "path", None) or "<node>"
+
+
+def _take(node: dict[str, Any], keys: Any, ctx: Any) -> dict[str, Any]:
+    """Pop the state keys out of ``node``; what remains is reserved keys,
+    children and the stash."""
     missing = [k for k in keys if k not in node]
     if missing:
-        raise LapicMappingError(f"{node.get('__type__')} node has no {', '.join(missing)}")
+        raise FilterError(
+            f"{_where(ctx)}: {node.get('__type__')}@{node.get('__version__')} node has no "
+            f"field {missing[0]!r}"
+        )
     return {k: node.pop(k) for k in keys}
 
 
-def _take_stash(node: dict[str, Any]) -> dict[str, Any] | None:
+def _take_stash(node: dict[str, Any]) -> dict[str, Any]:
     stash = node.get("__stash__")
-    if not isinstance(stash, dict) or PAIR not in stash:
-        return None
+    if type(stash) is not dict or type(stash.get(PAIR)) is not dict:
+        return {}
     mine = stash.pop(PAIR)
     if not stash:
         del node["__stash__"]
     return mine
 
 
-def _put_stash(node: dict[str, Any], value: dict[str, Any]) -> None:
-    node.setdefault("__stash__", {})[PAIR] = value
+def _rebuild(
+    node: dict[str, Any],
+    type_: str,
+    version: int,
+    fields: dict[str, Any],
+    stash: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """Rewrite ``node`` in place: reserved keys, the fields in order, then
+    the children and stash it had, then this filter's stash entry."""
+    rest = {k: v for k, v in node.items() if k not in _RESERVED}
+    node.clear()
+    node["__type__"], node["__version__"] = type_, version
+    node.update(fields)
+    node.update(rest)
+    if stash:
+        node.setdefault("__stash__", {})[PAIR] = stash
+    return node
 
 
 def _merge_uncovered(page: bytes, source: bytes) -> bytes:
@@ -87,41 +123,46 @@ def _merge_uncovered(page: bytes, source: bytes) -> bytes:
     return bytes((p & m) | (s & ~m & 0xFF) for p, s, m in zip(page, source, _COVERED, strict=True))
 
 
-def kvm_apic_to_apic(node: dict[str, Any], now_ns: int = 0) -> dict[str, Any]:
+def kvm_apic_to_apic(node: dict[str, Any], ctx: Any = None, *, now_ns: int = 0) -> dict[str, Any]:
     """Rewrite a ``kvm-apic@1`` node into an ``apic@3`` node, in place.
 
     :param now_ns: the virtual time the timer is taken as loaded at, unless
         the stash holds the original ``initial_count_load_time``.
     """
-    native = _split(node, _STATE_KEYS)
-    regs, apicbase = bytes(native["regs"]), native["apicbase"]
-    stash = _take_stash(node) or {}
-    load_time = stash.get("initial_count_load_time", now_ns)
-    fields = page_to_apic_state(regs, apicbase, now_ns=load_time)
-    fields.update(stash)
-    if apic_state_to_page(fields)[0] != regs:
-        _put_stash(node, {"regs": regs})
-    node.update(fields)
-    node["__type__"], node["__version__"] = "apic", 3
-    return node
-
-
-def apic_to_kvm_apic(node: dict[str, Any]) -> dict[str, Any]:
-    """Rewrite an ``apic@3`` node into a ``kvm-apic@1`` node, in place."""
-    fields = _split(node, _FIELD_NAMES)
+    native = _take(node, _STATE_KEYS, ctx)
+    regs = native["regs"]
+    if type(regs) is not bytes or len(regs) != 1024:
+        raise FilterError(f"{_where(ctx)}: regs: expected 1024 bytes, got {regs!r:.40}")
     stash = _take_stash(node)
-    regs, apicbase = apic_state_to_page(fields)
-    if stash is not None:
+    try:
+        fields = page_to_apic_state(
+            regs, native["apicbase"], now_ns=stash.get("initial_count_load_time", now_ns)
+        )
+    except LapicMappingError as e:
+        raise FilterError(f"{_where(ctx)}: {e}") from None
+    fields.update(stash)
+    page_again = apic_state_to_page({k: fields[k] for k in _FIELD_NAMES})[0]
+    return _rebuild(node, "apic", 3, fields, {"regs": regs} if page_again != regs else None)
+
+
+def apic_to_kvm_apic(node: dict[str, Any], ctx: Any = None) -> dict[str, Any]:
+    """Rewrite an ``apic@3`` node into a ``kvm-apic@1`` node, in place."""
+    fields = _take(node, _FIELD_NAMES, ctx)
+    optional = _take(node, [k for k in _APIC_OPTIONAL if k in node], ctx)
+    stash = _take_stash(node)
+    try:
+        regs, apicbase = apic_state_to_page(fields)
+    except LapicMappingError as e:
+        raise FilterError(f"{_where(ctx)}: {e}") from None
+    if "regs" in stash:
         regs = _merge_uncovered(regs, stash["regs"])
     # the kernel restarts the timer: keep its load time, and whatever else
     # forward, given back that load time, would not compute again
     load_time = fields["initial_count_load_time"]
     again = page_to_apic_state(regs, apicbase, now_ns=load_time)
     lost = {k: v for k, v in fields.items() if again[k] != v}
-    _put_stash(node, {"initial_count_load_time": load_time, **lost})
-    node["regs"], node["apicbase"] = regs, apicbase
-    node["__type__"], node["__version__"] = "kvm-apic", 1
-    return node
+    kept = {"initial_count_load_time": load_time, **lost, **optional}
+    return _rebuild(node, "kvm-apic", 1, {"regs": regs, "apicbase": apicbase}, kept)
 
 
 def make_forward(*, name: str = FORWARD, **kw: Any) -> Filter:
@@ -130,9 +171,10 @@ def make_forward(*, name: str = FORWARD, **kw: Any) -> Filter:
         name=name,
         match=KVM_APIC,
         produces=APIC,
-        func=lambda node, ctx: kvm_apic_to_apic(node),
+        func=kvm_apic_to_apic,
+        pair=PAIR,
         description="in-kernel LAPIC page + APIC base MSR -> QEMU apic VMState "
-        "(kvm_get_apic_state); the timer restarts at now",
+        "(kvm_get_apic_state); the timer restarts at virtual time 0",
         **kw,
     )
 
@@ -143,7 +185,8 @@ def make_backward(*, name: str = BACKWARD, **kw: Any) -> Filter:
         name=name,
         match=APIC,
         produces=KVM_APIC,
-        func=lambda node, ctx: apic_to_kvm_apic(node),
+        func=apic_to_kvm_apic,
+        pair=PAIR,
         description="QEMU apic VMState -> in-kernel LAPIC page + APIC base MSR "
         "(kvm_put_apic_state); the kernel restarts the timer",
         **kw,

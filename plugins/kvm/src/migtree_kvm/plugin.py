@@ -12,7 +12,7 @@ from migtree import hookimpl
 
 from .backend import backend
 from .device import KvmApic
-from .filters import BACKWARD, FORWARD, PAIR, filter_pair, make_backward, make_forward
+from .filters import BACKWARD, FORWARD, filter_pair, make_backward, make_forward
 
 #: dynamic filters win over the static ones for the object they were made for
 DYNAMIC_PRIORITY = 10
@@ -56,6 +56,5 @@ def migtree_object_realized(obj, register_filter):
             path=obj.path,
             priority=DYNAMIC_PRIORITY,
             dynamic=True,
-            pair=PAIR,  # the static pair's stash key: they undo each other
         )
     )
