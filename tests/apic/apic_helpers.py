@@ -53,10 +53,12 @@ class CpuPlayer:
     """Plays one CPU: acknowledges interrupts, writes EOI, and logs what the
     APIC signals, stamped with the virtual time."""
 
-    def __init__(self, apic: Apic, name: str = "cpu") -> None:
+    def __init__(self, apic: Apic, name: str = "cpu",
+                 log: list[tuple[Any, ...]] | None = None) -> None:
         self.apic = apic
         self.name = name
-        self.log: list[tuple[Any, ...]] = []
+        #: ``(virtual time, cpu name, event, detail)``; CPUs may share one log
+        self.log: list[tuple[Any, ...]] = [] if log is None else log
         apic.add_signal_listener(lambda kind: self._note("signal", kind))
         apic.add_eoi_listener(lambda vector: self._note("eoi-broadcast", vector))
         apic.add_timer_listener(lambda due: self._note("timer-due", due))

@@ -78,7 +78,7 @@ def _ordered(node: dict[str, Any], version: int) -> dict[str, Any]:
     node["__version__"] = version
     fields = FIELD_ORDER[version]
     out = {"__type__": node.pop("__type__"), "__version__": node.pop("__version__")}
-    for name in (*fields, "sipi"):
+    for name in fields:
         if name in node:
             out[name] = node.pop(name)
     out.update(node)  # children and the stash keep their order, after the fields
@@ -115,7 +115,12 @@ def v1_to_v2(node: dict[str, Any], ctx: Any) -> dict[str, Any]:
         raise FilterError(f"{ctx.path}: apic@1 node has a field 'timer', which version 1 "
                           "does not have")
     found, timer = _stash_take(node, ctx, "timer")
-    node["timer"] = timer if found else -1
+    if not found:
+        timer = -1
+        note = getattr(ctx, "note_default", None)  # recorded by `migtree explain`
+        if note is not None:
+            note("timer", timer)
+    node["timer"] = timer
     return _ordered(node, 2)
 
 
@@ -125,18 +130,20 @@ def v2_to_v1(node: dict[str, Any], ctx: Any) -> dict[str, Any]:
 
 
 V2_TO_V3 = Filter(
-    name="apic-v2-to-v3", match="apic@2", produces="apic@3", func=v2_to_v3,
+    name="apic-v2-to-v3", match="apic@2", produces="apic@3", func=v2_to_v3, pair=PAIR_V2_V3,
     description="QEMU's VMState conversion: isr/tmr/irr arrays, timer -> timer_expiry")
 V3_TO_V2 = Filter(
-    name="apic-v3-to-v2", match="apic@3", produces="apic@2", func=v3_to_v2,
+    name="apic-v3-to-v2", match="apic@3", produces="apic@2", func=v3_to_v2, pair=PAIR_V2_V3,
     description="back to the hand-written layout; the sipi part goes to the stash")
 V1_TO_V2 = Filter(
-    name="apic-v1-to-v2", match="apic@1", produces="apic@2", func=v1_to_v2,
+    name="apic-v1-to-v2", match="apic@1", produces="apic@2", func=v1_to_v2, pair=PAIR_V1_V2,
     description="add the timer (-1: version 1 did not save it)")
 V2_TO_V1 = Filter(
-    name="apic-v2-to-v1", match="apic@2", produces="apic@1", func=v2_to_v1,
+    name="apic-v2-to-v1", match="apic@2", produces="apic@1", func=v2_to_v1, pair=PAIR_V1_V2,
     description="drop the timer into the stash")
 
+# each direction already carries its pair's name, so it stashes under the
+# pair's key even when used on its own (FilterPair sets the same name)
 PAIRS = (
     FilterPair(PAIR_V1_V2, V1_TO_V2, V2_TO_V1),
     FilterPair(PAIR_V2_V3, V2_TO_V3, V3_TO_V2),
