@@ -56,6 +56,8 @@ def test_check_per_path_simulates_splits_and_merges():
         ("/other", "virtio-pci@1"): ("filtered", ["blkpci-merge"]),
         ("/other/virtio-backend", "virtio-blk@2"): ("consumed", ["blk-v2-to-v1"]),
     }
+    created = {e.path: e for e in report.entries}["/dev/virtio-backend"]
+    assert created.wanted == "created by filter blkpci-split at /dev"
     consumed = [e for e in report.entries if e.status == "consumed"][0]
     assert consumed.wanted == "consumed by filter blkpci-merge at /other"
     text = report.format_text()

@@ -447,22 +447,29 @@ class FilterReport:
                          + (f", {apps[0].reason}" if apps[0].reason != "destination" else ""))
             for i, a in enumerate(apps, 1):
                 lines.append(f"  {i}. {a.filter} [{a.plugin}, {a.kind}]: {a.before} -> {a.after}")
-                for key, label in (("created", "created"), ("consumed", "consumed"),
-                                   ("added", "added"), ("removed", "removed")):
-                    part = (a.diff or {}).get(key)
-                    if part:
-                        lines.append(f"     {label}: " + ", ".join(
-                            f"{k}={_short(v)}" for k, v in part.items()))
-                for k, (old, new) in ((a.diff or {}).get("changed") or {}).items():
+                diff = a.diff or {}
+                for key in ("created", "consumed", "added", "removed"):
+                    _items(lines, key, diff.get(key))
+                for k, (old, new) in (diff.get("changed") or {}).items():
                     lines.append(f"     changed: {k}: {_short(old)} -> {_short(new)}")
                 for key in ("stashed", "restored", "defaulted"):
-                    part = getattr(a, key)
-                    if part:
-                        lines.append(f"     {key}: " + ", ".join(
-                            f"{k}={_short(v)}" for k, v in part.items()))
+                    _items(lines, key, getattr(a, key))
         lines.append(f"{len(self.applications)} application(s) at {len(by_path)} path(s); "
                      f"{self.nodes} object nodes")
         return "\n".join(lines)
+
+
+def _items(lines: list[str], label: str, part: dict[str, Any] | None) -> None:
+    """``label: k=v, k=v`` on one line, or one ``k=v`` a line when long."""
+    if not part:
+        return
+    items = [f"{k}={_short(v)}" for k, v in part.items()]
+    one = f"     {label}: " + ", ".join(items)
+    if len(one) <= 100:
+        lines.append(one)
+    else:
+        lines.append(f"     {label}:")
+        lines.extend(f"       {i}" for i in items)
 
 
 def jsonable(v: Any) -> Any:
@@ -1081,13 +1088,14 @@ class CheckReport:
                 lines.append(f"GAP  {e.error}")
             elif e.status == "filtered":
                 steps = " -> ".join(f"{s['filter']}" for s in e.chain)
-                lines.append(f"ok   {where}: {e.source} -> {e.chain[-1]['to']} via {steps}")
+                lines.append(f"ok   {where}: {e.source} -> {e.chain[-1]['to']} via {steps}"
+                             + (f" ({e.wanted})" if e.wanted else ""))
             elif e.status == "consumed":
                 via = (f" after {' -> '.join(s['filter'] for s in e.chain)} (to "
                        f"{e.chain[-1]['to']})" if e.chain else "")
                 lines.append(f"ok   {where}: {e.source} {e.wanted}{via}")
             else:
-                lines.append(f"ok   {where}: {e.source}")
+                lines.append(f"ok   {where}: {e.source}" + (f" ({e.wanted})" if e.wanted else ""))
         for p in self.missing:
             lines.append(f"GAP  {p}: the destination has an object with state here but the "
                          "source provides no node for it")
@@ -1241,10 +1249,18 @@ def _fill_entries(report: CheckReport, engine: _Engine, src: list[tuple[str, str
         if path not in listed:
             report.entries.append(CheckEntry(path, getattr(e, "source", "?"), "gap",
                                              error=str(e)))
-    for path, lst in apps.items():
-        if path not in listed and path not in errs:
-            report.entries.append(CheckEntry(path, lst[0].before, "filtered",
-                                             chain=[_step(a) for a in lst]))
+    for path, n in _iter_paths(final):  # children a split created
+        if path in listed or path in errs:
+            continue
+        lst = apps.get(path, [])
+        parent, _, name = path.rpartition("/")
+        parent = parent or "/"
+        by = next((a.filter for a in apps.get(parent, [])
+                   if name in by_name[a.filter].creates), None)
+        report.entries.append(CheckEntry(
+            path, lst[0].before if lst else _tv_str(n), "filtered" if lst else "ok",
+            wanted=f"created by filter {by} at {parent}" if by else "",
+            chain=[_step(a) for a in lst]))
 
 
 def _coverage(report: CheckReport, final: dict[str, Any], root: Slot) -> None:
