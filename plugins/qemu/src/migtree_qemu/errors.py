@@ -6,9 +6,17 @@ id), the field path inside it, and the byte offset in the stream.
 
 from __future__ import annotations
 
+try:  # with the migtree core installed, the CLI reports these like its own
+    from migtree.errors import StreamError as _Base
+except ImportError:  # the codec works without the core
+    _Base = Exception  # type: ignore[misc, assignment]
 
-class QemuStreamError(Exception):
+
+class QemuStreamError(_Base):
     """A QEMU stream could not be read or written.
+
+    A :class:`migtree.errors.StreamError` when the migtree core is
+    installed, so ``migtree`` commands report it without a traceback.
 
     :ivar offset: byte offset in the stream where the problem was found
     :ivar section: the section's idstr (``"apic"``, ``"0000:00:02.0/virtio-blk"``,
@@ -26,14 +34,16 @@ class QemuStreamError(Exception):
         section_id: int | None = None,
         instance_id: int | None = None,
         field: str | None = None,
+        path: str | None = None,
     ) -> None:
         self.reason = message
+        self.path = path
         self.offset = offset
         self.section = section
         self.section_id = section_id
         self.instance_id = instance_id
         self.field = field
-        super().__init__(self._format())
+        Exception.__init__(self, self._format())
 
     def _format(self) -> str:
         where = []
