@@ -108,39 +108,3 @@ def set_bit(words_: list[int], vector: int) -> None:
 
 def vectors(words_: list[int]) -> list[int]:
     return [w * 32 + b for w in range(8) for b in range(32) if words_[w] >> b & 1]
-
-
-def apply_filters(tree: dict[str, Any], filters: list, limit: int = 8) -> list[tuple[str, str]]:
-    """Apply ``filters`` to every object node of ``tree`` the way the engine
-    is specified to (docs/device-api.md): the highest-priority match first
-    (ties by name), re-matching a rewritten node until nothing matches.
-    Returns ``(filter name, path)`` for each application.
-
-    A stand-in until core's engine lands: no path finding, so pass the
-    filters of one direction only, and no split or merge (the kvm plugin
-    has neither).
-    """
-    from migtree.filters import FilterContext, TypeVersion
-    from migtree.tree import iter_object_nodes
-
-    applied = []
-    for path, node in list(iter_object_nodes(tree)):
-        for _ in range(limit):
-            tv = TypeVersion(node["__type__"], node["__version__"])
-            matching = sorted(
-                (f for f in filters if f.match.contains(tv) and f.path in (None, path)),
-                key=lambda f: f.sort_key(),
-            )
-            if not matching:
-                break
-            flt = matching[0]
-            out = flt.func(node, FilterContext(path, flt))
-            assert out is node, "the kvm filters rewrite in place"
-            assert (node["__type__"], node["__version__"]) == (
-                flt.produces.type,
-                flt.produces.version,
-            )
-            applied.append((flt.name, path))
-        else:
-            raise AssertionError(f"{path}: filters did not settle")
-    return applied
