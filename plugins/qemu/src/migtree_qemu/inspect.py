@@ -91,7 +91,7 @@ def _leaves(value: Any, prefix: str) -> Iterator[tuple[str, Any]]:
     if isinstance(value, Mapping) and TYPE_KEY not in value:
         for k, v in value.items():
             yield from _leaves(v, f"{prefix}.{k}" if prefix else k)
-    elif isinstance(value, list) and not (value and hasattr(value[0], "iter_chunks")):
+    elif isinstance(value, list):
         for i, v in enumerate(value):
             yield from _leaves(v, f"{prefix}[{i}]")
     elif hasattr(value, "iter_chunks"):
