@@ -85,9 +85,14 @@ def _apt_download(names: list[str], dest: Path) -> None:
 
 
 def _kernel_package() -> str:
-    """The versioned image package linux-image-amd64 depends on."""
+    """The versioned image package linux-image-amd64 depends on (running
+    ``apt-get update`` once if apt knows no package lists yet)."""
     r = subprocess.run(["apt-cache", "depends", "linux-image-amd64"], capture_output=True,
                        text=True)
+    if "Depends: linux-image-" not in r.stdout and os.geteuid() == 0:
+        subprocess.run(["apt-get", "update", "-qq"], capture_output=True)
+        r = subprocess.run(["apt-cache", "depends", "linux-image-amd64"],
+                           capture_output=True, text=True)
     for line in r.stdout.splitlines():
         line = line.strip()
         if line.startswith("Depends: linux-image-"):
