@@ -91,6 +91,24 @@ class Build:
     def objects(self) -> list:
         return list(self.root.walk())
 
+    def close(self) -> None:
+        """Release what the objects hold (kernel file descriptors, mappings,
+        disk images), children first. Idempotent."""
+        close_objects(self.root)
+
+    def __enter__(self) -> Build:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def close_objects(root: Any) -> None:
+    for obj in reversed(list(root.walk())):
+        close = getattr(obj, "close", None)
+        if callable(close):
+            close()
+
 
 def load_build(source: Any, registry: Any = None, *, allow_fallback: bool = True) -> Build:
     """Compose a build from a TOML file path (or an already-parsed dict).
@@ -100,7 +118,7 @@ def load_build(source: Any, registry: Any = None, *, allow_fallback: bool = True
     import tomllib
     from pathlib import Path
 
-    from .errors import BuildError, MigtreeError
+    from .errors import BuildError
     from .plugins import get_registry, realized
     from .qom import new_root
 
@@ -154,6 +172,26 @@ def load_build(source: Any, registry: Any = None, *, allow_fallback: bool = True
 
     root, machine = new_root()
     try:
+        _compose(config, mcfg, machine, registry, backend, cpus, base, where, fail)
+        build = Build(name=name, root=root, machine=machine, registry=registry,
+                      backend=backend, config=config,
+                      source=None if where == "<build>" else where, notes=notes)
+        for obj in root.walk():
+            obj.realize()
+            build.dynamic_filters.extend(realized(registry, obj))
+        build.dynamic_filters.extend(machine.dynamic_filters)
+    except BaseException:
+        close_objects(root)  # e.g. vCPUs the backend already created
+        raise
+    return build
+
+
+def _compose(config: dict, mcfg: dict, machine: Any, registry: Any, backend: Backend,
+             cpus: int, base: Any, where: str, fail: Any) -> None:
+    """Memory, vCPUs and devices, in that order (devices find the memory)."""
+    from .errors import BuildError, MigtreeError
+
+    try:
         if "memory" in mcfg:
             try:
                 size = parse_size(mcfg["memory"])
@@ -173,14 +211,6 @@ def load_build(source: Any, registry: Any = None, *, allow_fallback: bool = True
         if isinstance(e, BuildError):
             raise
         raise BuildError(f"{where}: {e}") from e
-
-    build = Build(name=name, root=root, machine=machine, registry=registry, backend=backend,
-                  config=config, source=None if where == "<build>" else where, notes=notes)
-    for obj in root.walk():
-        obj.realize()
-        build.dynamic_filters.extend(realized(registry, obj))
-    build.dynamic_filters.extend(machine.dynamic_filters)
-    return build
 
 
 def _make_device(dcfg: Any, key: str, registry: Any, base: Any, fail: Any) -> tuple[Any, Any]:
