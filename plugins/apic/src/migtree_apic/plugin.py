@@ -7,6 +7,7 @@ from migtree import hookimpl
 from .backend import userspace_backend
 from .device import Apic, X86Cpu
 from .filters import PAIRS
+from .workload import apic_workload
 
 
 @hookimpl
@@ -24,3 +25,8 @@ def migtree_register_filters(register):
 @hookimpl
 def migtree_register_backends(register):
     register(userspace_backend())
+
+
+@hookimpl
+def migtree_register_workloads(register):
+    register(apic_workload())
