@@ -93,12 +93,14 @@ class GuestMemory:
             and gpa + n <= self._size
 
     def check(self, gpa: int, n: int) -> None:
-        if not self.contains(gpa, n):
-            if type(gpa) is not int or type(n) is not int:
-                raise TypeError(f"guest address and length must be ints, got {gpa!r}, {n!r}")
-            raise GuestMemoryError(
-                f"guest access of {n} bytes at {gpa:#x} is outside guest memory "
-                f"(0x0..{self._size:#x})", gpa=gpa, length=n)
+        if type(gpa) is int and type(n) is int and 0 <= gpa and 0 <= n \
+                and gpa + n <= self._size:
+            return
+        if type(gpa) is not int or type(n) is not int:
+            raise TypeError(f"guest address and length must be ints, got {gpa!r}, {n!r}")
+        raise GuestMemoryError(
+            f"guest access of {n} bytes at {gpa:#x} is outside guest memory "
+            f"(0x0..{self._size:#x})", gpa=gpa, length=n)
 
     # -- bytes ------------------------------------------------------------------
     def read(self, gpa: int, n: int) -> bytes:

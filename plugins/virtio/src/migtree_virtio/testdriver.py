@@ -24,6 +24,7 @@ Layout from ``base`` (page aligned)::
 
 from __future__ import annotations
 
+import functools
 import struct
 from collections.abc import Iterator
 from typing import Any
@@ -131,8 +132,10 @@ class Request:
     data: bytes
 
 
-@attrs.define
+@attrs.frozen
 class Layout:
+    """Where everything of one driver lives in guest RAM (computed once)."""
+
     base: int
     queue_size: int
     nslots: int
@@ -140,38 +143,45 @@ class Layout:
     slot_data: int
     flags: int
 
-    @property
+    @classmethod
+    def make(cls, base: int, queue_size: int, nslots: int | None, segs: int, slot_data: int,
+             flags: int) -> Layout:
+        per = 1 if flags & FLAG_INDIRECT else 2 + segs
+        return cls(base, queue_size, nslots if nslots is not None else queue_size // per,
+                   segs, slot_data, flags)
+
+    @functools.cached_property
     def per_slot_desc(self) -> int:
         return 1 if self.flags & FLAG_INDIRECT else 2 + self.segs
 
-    @property
+    @functools.cached_property
     def desc(self) -> int:
         return self.base + 0x1000
 
-    @property
+    @functools.cached_property
     def avail(self) -> int:
         return self.desc + 16 * self.queue_size
 
-    @property
+    @functools.cached_property
     def used(self) -> int:
         return _align(self.avail + 6 + 2 * self.queue_size)
 
-    @property
+    @functools.cached_property
     def records(self) -> int:
         return _align(self.used + 6 + 8 * self.queue_size)
 
-    @property
+    @functools.cached_property
     def slot_size(self) -> int:
         return _align(SLOT_DATA + self.slot_data)
 
-    @property
+    @functools.cached_property
     def slots(self) -> int:
         return _align(self.records + RECORD_SIZE * self.nslots)
 
     def slot(self, i: int) -> int:
         return self.slots + i * self.slot_size
 
-    @property
+    @functools.cached_property
     def end(self) -> int:
         return self.slot(self.nslots)
 
@@ -179,9 +189,7 @@ class Layout:
 def region_size(queue_size: int = 64, nslots: int | None = None, slot_data: int = 0x10000,
                 segs: int = 2, indirect: bool = False) -> int:
     """Bytes of guest RAM a driver with these parameters occupies."""
-    flags = FLAG_INDIRECT if indirect else 0
-    lay = Layout(0, queue_size, 0, segs, slot_data, flags)
-    lay.nslots = nslots if nslots is not None else queue_size // lay.per_slot_desc
+    lay = Layout.make(0, queue_size, nslots, segs, slot_data, FLAG_INDIRECT if indirect else 0)
     return lay.end
 
 
@@ -197,6 +205,7 @@ class VirtioBlkDriver:
         self.notify_mult = 0
         self.bar4 = self.bar1 = 0
         self.features = 0
+        self._hint = 0  # where to look for a free slot first (a guess, not state)
 
     # -- bring-up ----------------------------------------------------------------------------
     @classmethod
@@ -206,8 +215,7 @@ class VirtioBlkDriver:
              features: int | None = None) -> VirtioBlkDriver:
         """Enumerate, reset, negotiate, set up queue 0, DRIVER_OK."""
         flags = (FLAG_INDIRECT if indirect else 0) | (FLAG_MSIX if msix else 0)
-        lay = Layout(base, queue_size, 0, segs, slot_data, flags)
-        lay.nslots = nslots if nslots is not None else queue_size // lay.per_slot_desc
+        lay = Layout.make(base, queue_size, nslots, segs, slot_data, flags)
         if lay.nslots * lay.per_slot_desc > queue_size or lay.nslots < 1:
             raise DriverError(f"{lay.nslots} slots do not fit a queue of {queue_size}")
         if (2 + segs) * 16 > SLOT_DATA - SLOT_INDIRECT:
@@ -397,7 +405,7 @@ class VirtioBlkDriver:
             memory.unpack(_HDR, base)
         if magic != MAGIC:
             raise DriverError(f"no virtio-blk driver state at {base:#x}")
-        drv = cls(dev, memory, Layout(base, qsize, nslots, segs, slot_data, flags))
+        drv = cls(dev, memory, Layout.make(base, qsize, nslots, segs, slot_data, flags))
         drv.features = features
         # the guest's PCI view: re-read from config space, as it was programmed
         t = dev.transport
@@ -455,6 +463,15 @@ class VirtioBlkDriver:
     def _set_record(self, slot: int, *fields: Any) -> None:
         self.mem.pack(_RECORD, self.lay.records + RECORD_SIZE * slot, *fields)
 
+    def _first_free(self) -> int:
+        n = self.lay.nslots
+        for k in range(n):
+            s = (self._hint + k) % n
+            if self.mem.read_u8(self.lay.records + RECORD_SIZE * s) == FREE:
+                self._hint = (s + 1) % n
+                return s
+        raise DriverError("no free request slot: poll() and release() first")
+
     def free_slots(self) -> list[int]:
         return [s for s in range(self.lay.nslots) if self.record(s)[0] == FREE]
 
@@ -464,10 +481,7 @@ class VirtioBlkDriver:
         number of bytes to read (IN). Returns its slot."""
         lay, mem = self.lay, self.mem
         if slot is None:
-            free = self.free_slots()
-            if not free:
-                raise DriverError("no free request slot: poll() and release() first")
-            slot = free[0]
+            slot = self._first_free()
         elif self.record(slot)[0] != FREE:
             raise DriverError(f"slot {slot} is busy")
         if rtype == BLK_T_OUT:
