@@ -126,3 +126,15 @@ def test_loading_copies_chunk_by_chunk():
     _cur, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     assert peak < 4 << 20
+
+
+def test_build_teardown_closes_ram_and_disk(tmp_path):
+    from virtio_helpers import make_build, make_image
+
+    from migtree.build import close_objects
+
+    img = make_image(str(tmp_path / "d.img"))
+    root, machine, dev = make_build("combined", img)
+    close_objects(root)
+    close_objects(root)  # twice is fine
+    assert machine.memory.closed

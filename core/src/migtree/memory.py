@@ -262,6 +262,14 @@ class GuestMemoryObject(Object):
     def __len__(self) -> int:
         return self.memory.size
 
+    def close(self) -> None:
+        """Unmap the RAM when the build is torn down (idempotent)."""
+        if not self.memory.closed:
+            try:
+                self.memory.close()
+            except BufferError:
+                pass  # a view is still exported; the mapping goes with the last reference
+
     def pre_save(self) -> None:
         self.state.size = self.memory.size
         self.state.ram = self.memory
