@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import importlib.metadata as md
 import json
-import shutil
 import subprocess
+import sys
 
 import pytest
 from apic_helpers import make_registry
@@ -182,13 +182,21 @@ def test_the_distribution_declares_its_entry_point():
 
 def test_migtree_plugins_lists_the_apic_plugin():
     _installed()
-    exe = shutil.which("migtree")
-    if exe is None:
-        pytest.skip("the migtree command is not on PATH")
-    out = subprocess.run([exe, "plugins", "--json"], capture_output=True, text=True, check=True,
+    out = subprocess.run([sys.executable, "-m", "migtree", "plugins", "--json"],
+                         capture_output=True, text=True, check=True,
                          env={"MIGTREE_LOAD_PLUGINS": "migtree-apic", "PATH": ""})
     (rec,) = [p for p in json.loads(out.stdout) if p["name"] == "migtree-apic"]
     types = {t["name"]: t for t in rec["types"]}
     assert types["apic"]["versions"] == [1, 2, 3] and types["apic"]["version"] == 3
     assert "x86-cpu" in types
     assert [b["name"] for b in rec["backends"]] == ["userspace"]
+    assert [f["name"] for f in rec["filters"]] == ["apic-v1-to-v2", "apic-v2-to-v1",
+                                                   "apic-v2-to-v3", "apic-v3-to-v2"]
+
+
+def test_closing_a_build_detaches_the_apics_from_the_clock():
+    build = userspace_build(2)
+    assert len(build.machine.clock_listeners) == 2
+    build.close()
+    build.close()
+    assert build.machine.clock_listeners == []

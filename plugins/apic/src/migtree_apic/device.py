@@ -216,6 +216,12 @@ class Apic(Device):
     def realize(self) -> None:
         self._attach_clock()
 
+    def close(self) -> None:
+        """Stop listening to the machine's clock (a build's teardown). Idempotent."""
+        machine, self._clock_machine = self._clock_machine, None
+        if machine is not None and self._on_clock in machine.clock_listeners:
+            machine.clock_listeners.remove(self._on_clock)
+
     def post_load(self) -> None:
         """Derive the runtime from the loaded state: the timer deadline is
         ``timer_expiry`` (QEMU's ``apic_post_load``), the readable ESR is the
