@@ -676,7 +676,8 @@ class Apic(Device):
         """The current-count register, computed from the virtual clock as
         QEMU's ``apic_get_current_count`` does (the count runs while masked)."""
         st = self.state
-        d = (self._now() - st.initial_count_load_time) >> st.count_shift
+        # a load time ahead of the clock (only in a state no APIC wrote) has not started
+        d = max(self._now() - st.initial_count_load_time, 0) >> st.count_shift
         if st.lvt[LVT_TIMER] & LVT_TIMER_PERIODIC:
             return st.initial_count - (d % (st.initial_count + 1))
         return 0 if d >= st.initial_count else st.initial_count - d
@@ -715,17 +716,11 @@ class Apic(Device):
             for fn in list(self._timer_listeners):
                 fn(due)
             self._arm(st.next_time)  # QEMU's apic_timer: the expiry after this one
-            if st.timer_expiry != -1 and st.timer_expiry <= now and self._timer_mark_held():
-                # further periods passed while the CPU did not run: they would
-                # set the same IRR bit again, so they coalesce into this one
+            if st.timer_expiry != -1 and st.timer_expiry <= now:
+                # further periods passed within this one clock update, while the
+                # CPU could not run: they would set the same IRR bit (or raise
+                # the same latched signal) again, so they coalesce into this one
                 self._arm(now)
-
-    def _timer_mark_held(self) -> bool:
-        lvt = self.state.lvt[LVT_TIMER]
-        vector = lvt & 0xFF
-        if not self.sw_enabled or vector < 16 or (lvt >> 8) & 7 != DM_FIXED:
-            return True
-        return _get_bit(self.state.irr, vector)
 
 
 def _match_destination(apics: Iterable[Apic], dest: int, logical: bool) -> list[Apic]:
