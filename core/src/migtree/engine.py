@@ -659,6 +659,71 @@ class _Target:
 # -- the engine ----------------------------------------------------------------
 
 
+class _FilterIndex:
+    """Filters bucketed by the type they match, each bucket in edge order.
+    Built once per filter collection: the last few are kept (filters are
+    frozen), so a process running many migrations with the same filters
+    does not index them again."""
+
+    _cache: dict[tuple[int, ...], tuple[list[Any], _FilterIndex]] = {}
+    _CACHE_SIZE = 8
+
+    @classmethod
+    def of(cls, filters: Iterable[Any]) -> _FilterIndex:
+        items = list(filters)
+        key = tuple(map(id, items))
+        hit = cls._cache.get(key)
+        if hit is not None:  # the cache keeps its items alive: equal ids, same objects
+            return hit[1]
+        index = cls(items)
+        if len(cls._cache) >= cls._CACHE_SIZE:
+            cls._cache.pop(next(iter(cls._cache)))
+        cls._cache[key] = (items, index)  # items keeps the ids in the key alive
+        return index
+
+    def __init__(self, items: list[Any]) -> None:
+        # one pass over the filters: dedupe, bucket by matched type, then sort
+        # each bucket by (-priority, name, path) -- never by the order given
+        by_name: dict[str, Filter] = {}
+        dups: dict[str, list[Filter]] = {}
+        buckets: dict[str, list[Filter]] = {}
+        for item in items:
+            for f in ((item,) if type(item) is Filter else _expand(item)):
+                prev = by_name.get(f.name)
+                if prev is None:
+                    by_name[f.name] = f
+                else:
+                    if prev is not f and _decl(prev) != _decl(f):
+                        raise FilterError(
+                            f"filter name {f.name!r} is used by two different declarations: "
+                            f"{prev.match} -> {prev.produces} ({prev.plugin}) and "
+                            f"{f.match} -> {f.produces} ({f.plugin})")
+                    same = dups.setdefault(f.name, [prev])
+                    if any(g.path == f.path for g in same):
+                        continue  # the same filter given again (e.g. by every instance)
+                    same.append(f)
+                bucket = buckets.get(f.match.type)
+                if bucket is None:
+                    buckets[f.match.type] = [f]
+                else:
+                    bucket.append(f)
+        #: filters with a path pattern, in order; an edge carries its index here
+        self.limited: list[tuple[Filter, re.Pattern[str]]] = []
+        self.by_type: dict[str, list[tuple[Filter, int]]] = {}
+        for t, bucket in buckets.items():
+            if len(bucket) > 1:
+                bucket.sort(key=_edge_key)
+            edges = []
+            for f in bucket:
+                idx = -1
+                if f.path is not None:
+                    idx = len(self.limited)
+                    self.limited.append((f, compile_path_pattern(f.path)))
+                edges.append((f, idx))
+            self.by_type[t] = edges
+        self.filters = [f for edges in self.by_type.values() for f, _ in edges]
+
+
 class _Engine:
     def __init__(self, filters: Iterable[Any], destination: Destination, *,
                  explain: bool = False, max_applications: int = MAX_APPLICATIONS,
@@ -675,35 +740,12 @@ class _Engine:
         self._registered_target = _Target("registered", types=self.registered)
         self._chains: dict[tuple, list[Filter] | None] = {}
         self._applicable_cache: dict[str, frozenset[int]] = {}
+        self._slot_targets: dict[int, _Target] = {}
 
-        by_name: dict[str, Filter] = {}
-        kept: list[Filter] = []
-        seen: set[tuple[str, str | None]] = set()
-        for item in filters:
-            for f in _expand(item):
-                prev = by_name.get(f.name)
-                if prev is not None and _decl(prev) != _decl(f):
-                    raise FilterError(
-                        f"filter name {f.name!r} is used by two different declarations: "
-                        f"{prev.match} -> {prev.produces} ({prev.plugin}) and {f.match} -> "
-                        f"{f.produces} ({f.plugin})")
-                by_name.setdefault(f.name, f)
-                if (f.name, f.path) in seen:
-                    continue  # the same filter given again (e.g. by every instance)
-                seen.add((f.name, f.path))
-                kept.append(f)
-        kept.sort(key=_edge_key)
-        self.filters = kept
-        #: filters with a path pattern: index -> compiled pattern
-        self._limited: list[tuple[Filter, re.Pattern[str]]] = []
-        self._limited_index: dict[int, int] = {}
-        self.by_type: dict[str, list[tuple[Filter, int]]] = {}
-        for f in kept:
-            idx = -1
-            if f.path is not None:
-                idx = len(self._limited)
-                self._limited.append((f, compile_path_pattern(f.path)))
-            self.by_type.setdefault(f.match.type, []).append((f, idx))
+        index = _FilterIndex.of(filters)
+        self.by_type = index.by_type
+        self._limited = index.limited
+        self.filters = index.filters
 
     # -- graph search -------------------------------------------------------
     def _applicable(self, path: str) -> frozenset[int]:
@@ -835,7 +877,11 @@ class _Engine:
         if want is not None:
             return want
         if slot is not None:
-            return _Target("slot", type=slot.type, lo=slot.lo, hi=slot.hi)
+            got = self._slot_targets.get(id(slot))
+            if got is None:
+                got = self._slot_targets[id(slot)] = _Target("slot", type=slot.type,
+                                                             lo=slot.lo, hi=slot.hi)
+            return got
         return self._registered_target
 
     def _drive(self, node: dict[str, Any], parts: tuple[str, ...], slot: Slot | None,
@@ -851,11 +897,10 @@ class _Engine:
             return node
 
     def _children(self, node: dict[str, Any], parts: tuple[str, ...], slot: Slot | None,
-                  consumed: dict[str, _Target], only: set[str] | None = None) -> None:
+                  consumed: dict[str, _Target], keys: list[str]) -> None:
+        """Process the child objects under ``keys``, in that order."""
         sc = slot.children if slot is not None else _EMPTY
-        for k in [k for k, c in node.items() if type(c) is dict and TYPE_KEY in c]:
-            if only is not None and k not in only:
-                continue
+        for k in keys:
             c = node[k]
             if k in consumed:
                 self.report.nodes += 1
@@ -866,8 +911,10 @@ class _Engine:
                 node[k] = n
 
     def _consumed_by(self, chain: list[Filter] | None, path: str) -> dict[str, _Target]:
+        if not chain or not any(f.consumes for f in chain):
+            return _EMPTY
         out: dict[str, _Target] = {}
-        for f in chain or ():
+        for f in chain:
             for name, rng in f.consumes.items():
                 if name not in out:
                     out[name] = _Target("consumes", type=rng.type, lo=rng.lo, hi=rng.hi,
@@ -885,7 +932,9 @@ class _Engine:
         applicable = self._applicable(path)
         chain = self._chain((t, v), target, applicable)
         # children first; those the chain consumes go to the declared range
-        self._children(node, parts, slot, self._consumed_by(chain, path))
+        keys = [k for k, c in node.items() if type(c) is dict and TYPE_KEY in c]
+        if keys:
+            self._children(node, parts, slot, self._consumed_by(chain, path), keys)
         if chain is None:
             raise self._no_chain(path, (t, v), target, applicable)
         applied: list[tuple[Filter, str, str]] = []
@@ -923,19 +972,21 @@ class _Engine:
                             f"{name!r} as {rng}, and it cannot be brought there from "
                             f"{_tv_str(n)}")
             before = f"{tv[0]}@{tv[1]}"
-            kids_before = {k: (c, _tv_str(c)) for k, c in node.items()
-                           if type(c) is dict and TYPE_KEY in c}
-            node = self._apply(flt, node, path, before, kids_before, target)
+            kids_before = {k: (node[k], _tv_str(node[k])) for k in keys}
+            node, kids = self._apply(flt, node, path, before, kids_before, target)
             applied.append((flt, before, str(flt.produces)))
+            keys = list(kids)
             # children the filter created or replaced are processed now
-            fresh = {k for k, c in node.items() if type(c) is dict and TYPE_KEY in c
-                     and (k in flt.creates or kids_before.get(k, (None,))[0] is not c)}
+            fresh = [k for k, c in kids.items()
+                     if k in flt.creates or kids_before.get(k, (None,))[0] is not c]
             if fresh:
                 rest = self._chain((node[TYPE_KEY], node[VERSION_KEY]), target, applicable)
-                self._children(node, parts, slot, self._consumed_by(rest, path), only=fresh)
+                self._children(node, parts, slot, self._consumed_by(rest, path), fresh)
 
     def _apply(self, flt: Filter, node: dict[str, Any], path: str, before: str,
-               kids_before: dict[str, Any], target: _Target) -> dict[str, Any]:
+               kids_before: dict[str, Any],
+               target: _Target) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Run ``flt`` on ``node``; the result and its child objects."""
         ctx = FilterContext(path=path, filter=flt)
         snap = _snapshot(node) if self.explain else None
         stash_before = _copy_plain(node.get(STASH_KEY)) if self.explain else None
@@ -952,7 +1003,7 @@ class _Engine:
                 raise FilterError(
                     f"{path}: filter {flt.name} ({flt.plugin}, {kind}) failed on {before}: "
                     f"{e.__class__.__name__}: {e}") from e
-        self._verify(flt, result, path, before, kids_before)
+        kids = self._verify(flt, result, path, before, kids_before)
         app = Application(flt.name, flt.plugin, flt.dynamic, path, before, str(flt.produces),
                           reason=target.why)
         if self.explain:
@@ -960,47 +1011,51 @@ class _Engine:
             app.stashed, app.restored = _stash_diff(stash_before, result.get(STASH_KEY))
             app.defaulted = dict(ctx.defaulted)
         self.report.applications.append(app)
-        return result
+        return result, kids
 
     def _verify(self, flt: Filter, result: Any, path: str, before: str,
-                kids_before: dict[str, Any]) -> None:
-        who = f"{path}: filter {flt.name} ({flt.plugin})"
+                kids_before: dict[str, Any]) -> dict[str, Any]:
+        """Hold ``flt`` to its declaration; the result's child objects."""
+
+        def lie(message: str) -> FilterError:
+            return FilterError(f"{path}: filter {flt.name} ({flt.plugin}) {message}")
+
         if type(result) is not dict:
-            raise FilterError(f"{who} declared {flt.produces} but returned a "
-                              f"{type(result).__name__}, not a node")
-        got = f"{result.get(TYPE_KEY)}@{result.get(VERSION_KEY)}"
-        if (result.get(TYPE_KEY) != flt.produces.type
-                or type(result.get(VERSION_KEY)) is not int
-                or result.get(VERSION_KEY) != flt.produces.version):
-            raise FilterError(f"{who} declared {flt.produces} but produced {got} "
-                              f"(from {before})")
+            raise lie(f"declared {flt.produces} but returned a {type(result).__name__}, "
+                      "not a node")
+        v = result.get(VERSION_KEY)
+        if (result.get(TYPE_KEY) != flt.produces.type or type(v) is not int
+                or v != flt.produces.version):
+            raise lie(f"declared {flt.produces} but produced {_tv_str(result)} (from {before})")
         kids = {k: c for k, c in result.items() if type(c) is dict and TYPE_KEY in c}
+        if not kids and not kids_before and not flt.creates:
+            return kids
         for name, tv in flt.creates.items():
             c = kids.get(name)
             if c is None:
-                raise FilterError(f"{who} declared {flt.produces} creating child {name!r} "
-                                  f"as {tv} but produced no such child")
+                raise lie(f"declared {flt.produces} creating child {name!r} as {tv} but "
+                          "produced no such child")
             if c.get(TYPE_KEY) != tv.type or c.get(VERSION_KEY) != tv.version:
-                raise FilterError(f"{who} declared child {name!r} as {tv} but produced "
-                                  f"{_tv_str(c)}")
+                raise lie(f"declared child {name!r} as {tv} but produced {_tv_str(c)}")
         for name in flt.consumes:
             if name in kids and name not in flt.creates:
-                raise FilterError(f"{who} declared it consumes child {name!r} but produced a "
-                                  "node that still has it")
+                raise lie(f"declared it consumes child {name!r} but produced a node that "
+                          "still has it")
         for name, c in kids.items():
             if name in flt.creates:
                 continue
             old = kids_before.get(name)
             if old is None:
-                raise FilterError(f"{who} declared {flt.produces} but produced an undeclared "
-                                  f"child {name!r} ({_tv_str(c)}); declare it in creates")
+                raise lie(f"declared {flt.produces} but produced an undeclared child {name!r} "
+                          f"({_tv_str(c)}); declare it in creates")
             if old[1] != _tv_str(c):
-                raise FilterError(f"{who} turned child {name!r} from {old[1]} into "
-                                  f"{_tv_str(c)} without declaring it in creates")
+                raise lie(f"turned child {name!r} from {old[1]} into {_tv_str(c)} without "
+                          "declaring it in creates")
         for name, old in kids_before.items():
             if name not in kids and name not in flt.consumes:
-                raise FilterError(f"{who} removed child {name!r} ({old[1]}) without "
-                                  "declaring it in consumes")
+                raise lie(f"removed child {name!r} ({old[1]}) without declaring it in "
+                          "consumes")
+        return kids
 
 
 def apply_filters(tree: dict[str, Any], destination: Any, filters: Iterable[Any], *,
