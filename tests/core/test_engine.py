@@ -580,3 +580,51 @@ def test_destination_of_build_and_its_schema_round_trip():
 def test_schema_dump_errors(dump, message):
     with pytest.raises(SchemaDumpError, match=message):
         Destination.of_schema(dump)
+
+
+# -- properties over random filter graphs ------------------------------------------------------
+
+VERTICES = [f"{t}@{v}" for t in "abc" for v in (1, 2, 3)]
+
+
+@st.composite
+def graphs(draw):
+    edges = draw(st.lists(st.tuples(st.sampled_from(VERTICES), st.sampled_from(VERTICES),
+                                    st.integers(0, 2)), max_size=14))
+    fs = [F(f"f{i}-{m.replace('@', '')}-{p.replace('@', '')}", m, p, priority=prio)
+          for i, (m, p, prio) in enumerate(edges) if m != p]
+    return fs, draw(st.sampled_from(VERTICES)), draw(st.sampled_from(VERTICES)), \
+        draw(st.permutations(range(len(fs))))
+
+
+def shortest(fs, src, dst):
+    dist, frontier = {src: 0}, [src]
+    while frontier:
+        nxt = []
+        for cur in frontier:
+            for f in fs:
+                if str(f.match) == cur and str(f.produces) not in dist:
+                    dist[str(f.produces)] = dist[cur] + 1
+                    nxt.append(str(f.produces))
+        frontier = nxt
+    return dist.get(dst)
+
+
+@given(graphs())
+def test_the_engine_takes_a_shortest_chain_whatever_the_order_given(g):
+    fs, src, dst, perm = g
+    want = shortest(fs, src, dst)
+    results = []
+    for order_given in (fs, [fs[i] for i in perm]):
+        t = tree(dev=node(src))
+        try:
+            report = apply_filters(t, dest({"/dev": dst}), order_given)
+        except FilterError as e:
+            assert want is None
+            assert str(e).startswith(f"/dev: no chain of filters turns {src} into {dst}")
+            results.append(None)
+            continue
+        assert want is not None and len(report.applications) == want
+        assert t["dev"] == node(dst)
+        results.append([a.filter for a in report.applications])
+    assert results[0] == results[1]
