@@ -93,7 +93,7 @@ def test_text_listing_and_exit_status_with_a_failed_plugin(registry, capsys):
         "migtree 0.1.0",
         "  entry points: migtree = migtree.builtin",
         "  hooks: migtree_register_types",
-        "  types: container@1, device@1 (abstract), machine@1, object@1 (abstract)",
+        "  types: container@1, device@1 (abstract), guest-memory@1, machine@1, object@1 (abstract)",
         "acme-probe 0.3",
         "  entry points: acme-probe = ProbePlugin",
         "  hooks: migtree_register_backends, migtree_register_filters, migtree_register_types",

@@ -107,7 +107,7 @@ def test_testing_is_importable_without_hypothesis():
 
 def test_migtree_registry_fixture_holds_the_core_only(migtree_registry):
     assert sorted(t.name for t in migtree_registry.types) == [
-        "container", "device", "machine", "object"]
+        "container", "device", "guest-memory", "machine", "object"]
     assert list(migtree_registry.plugins) == ["migtree"]
     migtree_registry.add_plugin(plugin(), "mutating-is-fine")
 

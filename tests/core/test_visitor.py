@@ -151,3 +151,18 @@ def test_struct_defaults_are_independent():
     a.regs[0] = 5
     a.origin.x = 3
     assert b.regs[0] == 0 and b.origin == Point()
+
+
+def test_array_fill_declares_non_zero_defaults():
+    import attrs as _attrs
+
+    from migtree.fields import u32_array
+
+    @_attrs.define
+    class Lvt:
+        lvt: list = u32_array(6, fill=0x10000)
+
+    assert Lvt().lvt == [0x10000] * 6
+    assert Lvt().lvt is not Lvt().lvt
+    with pytest.raises(ValueError, match="does not fit u32"):
+        u32_array(6, fill=-1)

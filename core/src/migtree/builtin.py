@@ -4,10 +4,11 @@
 from __future__ import annotations
 
 from .hookspecs import hookimpl
+from .memory import GuestMemoryObject
 from .qom import Container, Device, Machine, Object
 
 
 @hookimpl
 def migtree_register_types(register):
-    for cls in (Object, Device, Container, Machine):
+    for cls in (Object, Device, Container, Machine, GuestMemoryObject):
         register(cls)

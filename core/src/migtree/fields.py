@@ -255,16 +255,26 @@ def _element_default(wire: WireType) -> Any:
 
 
 def array(element: Any, length: int | None = None, *, max_length: int | None = None,
-          since: int = 1, doc: str | None = None) -> Any:
+          fill: Any = None, since: int = 1, doc: str | None = None) -> Any:
     """A list of ``element`` (a :class:`WireType` such as ``U32`` or an attrs
-    class): exactly ``length`` items (defaulting to zero values), or at most
-    ``max_length`` items (defaulting to empty)."""
+    class): exactly ``length`` items, or at most ``max_length`` items
+    (defaulting to empty). A fixed-length array defaults to ``length`` copies
+    of ``fill`` (zero values when not given): ``u32_array(6, fill=0x10000)``
+    declares six masked LVT entries."""
     if (length is None) == (max_length is None):
         raise ValueError("array() needs exactly one of length or max_length")
     wire = Array(_element_wire(element), length, max_length)
     n = length or 0
-    return _field(wire, _NOTHING, lambda: [_element_default(wire.element) for _ in range(n)],
-                  since, doc)
+    if fill is None:
+        return _field(wire, _NOTHING,
+                      lambda: [_element_default(wire.element) for _ in range(n)], since, doc)
+    if isinstance(wire.element, Int) and not (type(fill) is int
+                                              and wire.element.lo <= fill <= wire.element.hi):
+        raise ValueError(f"fill {fill!r} does not fit {wire.element.kind}")
+    if isinstance(wire.element, Struct):
+        raise ValueError("fill is for arrays of scalars; give a struct array its defaults "
+                         "in the struct class")
+    return _field(wire, _NOTHING, lambda: [fill] * n, since, doc)
 
 
 def u8_array(length: int, **kw: Any) -> Any:

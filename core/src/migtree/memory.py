@@ -274,14 +274,24 @@ class GuestMemoryObject(Object):
         self.state.size = self.memory.size
         self.state.ram = self.memory
 
+    # Writing RAM cannot be undone, so the size is checked before any object
+    # changes and the copy runs after every other object's post_load succeeded.
+    POST_LOAD_ORDER = 1000
+
+    def check_load(self, state: GuestMemoryState) -> None:
+        data = state.ram
+        if data is self.memory:
+            return
+        if state.size != self.memory.size or len(data) != self.memory.size:
+            raise GuestMemoryError(
+                f"the source has {state.size} bytes of guest RAM ({len(data)} in the "
+                f"stream), this build has {self.memory.size}: start it with the same size")
+
     def post_load(self) -> None:
         data = self.state.ram
         if data is None or data is self.memory:
             return  # nothing new (a rollback to the state we had): RAM is as it is
-        if self.state.size != self.memory.size or len(data) != self.memory.size:
-            raise GuestMemoryError(
-                f"the source has {self.state.size} bytes of guest RAM ({len(data)} in the "
-                f"stream), this build has {self.memory.size}: start it with the same size")
+        self.check_load(self.state)
         self.memory.load_chunks(data.iter_chunks())
         self.state.ram = self.memory
 

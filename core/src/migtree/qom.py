@@ -42,6 +42,10 @@ class Object:
     MIN_VERSION: ClassVar[int] = 1
     HISTORY: ClassVar[dict[int, type]] = {}
     DESCRIPTION: ClassVar[str] = ""
+    #: post_load runs in ascending order; an object whose post_load cannot be
+    #: undone (guest RAM) sets a high value so it runs after every other
+    #: object accepted its state
+    POST_LOAD_ORDER: ClassVar[int] = 0
 
     def __init__(self) -> None:
         self.state: Any = self.STATE() if self.STATE is not None else None
@@ -116,9 +120,16 @@ class Object:
         """Called before the output visitor reads ``self.state``: sync derived
         state (e.g. from a kernel) into it."""
 
+    def check_load(self, state: Any) -> None:
+        """Called with the new state before any object changes: raise a
+        :class:`migtree.errors.MigtreeError` to refuse it (a disk of another
+        size, guest RAM of another size). The default accepts anything the
+        input visitor accepted."""
+
     def post_load(self) -> None:
         """Called after a load replaced ``self.state``: rebuild anything
-        derived from it (timers, kernel state)."""
+        derived from it (timers, kernel state). Runs in ``POST_LOAD_ORDER``,
+        then composition order."""
 
     def __repr__(self) -> str:
         where = canonical_path(self) if self.parent is not None else "(detached)"

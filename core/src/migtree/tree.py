@@ -122,9 +122,13 @@ def load_tree(tree: dict[str, Any], root: Object, *, allow_missing: bool = False
             else:
                 if obj.STATE is not None:
                     try:
-                        staged.append((obj, node_to_state(obj.STATE, node, nver, path)))
+                        new_state = node_to_state(obj.STATE, node, nver, path)
+                        obj.check_load(new_state)
+                        staged.append((obj, new_state))
                     except StateError as e:
                         errors.append(str(e))
+                    except MigtreeError as e:
+                        errors.append(f"{path}: {e}")
                 report.loaded.append(path)
                 if STASH_KEY in node:
                     report.stashed.append(path)
@@ -151,22 +155,24 @@ def load_tree(tree: dict[str, Any], root: Object, *, allow_missing: bool = False
     old = [(obj, obj.state) for obj, _ in staged]
     for obj, state in staged:
         obj.state = state
+    order = sorted(range(len(staged)), key=lambda i: (staged[i][0].POST_LOAD_ORDER, i))
     done: list[Object] = []
-    try:
-        for obj, _ in staged:
-            obj.post_load()
-            done.append(obj)
-    except Exception as e:
-        for obj, state in old:
-            obj.state = state
-        for obj in done:
-            try:
-                obj.post_load()
-            except Exception:
-                pass
-        what = f"{e.__class__.__name__}: {e}" if not isinstance(e, MigtreeError) else str(e)
-        raise LoadError(f"{canonical_path(obj)}: post_load failed, every object was given "
-                        f"its previous state back: {what}") from e
+    for i in order:
+        current = staged[i][0]
+        try:
+            current.post_load()
+        except Exception as e:
+            for obj, state in old:
+                obj.state = state
+            for obj in done:
+                try:
+                    obj.post_load()
+                except Exception:  # best effort resync: the original error is what counts
+                    pass
+            what = str(e) if isinstance(e, MigtreeError) else f"{e.__class__.__name__}: {e}"
+            raise LoadError(f"{canonical_path(current)}: post_load failed, every object was "
+                            f"given its previous state back: {what}") from e
+        done.append(current)
     return report
 
 
