@@ -142,3 +142,48 @@ def test_blob_fields_round_trip_through_the_tree():
     b2 = machine2.add_device(Blobby(), "b")
     load_tree(tree, root2)
     assert b2.state.data.read() == b"x" * 100_000
+
+
+def test_check_load_refuses_before_any_object_changes():
+    from migtree.errors import MigtreeError
+
+    class Picky(Widget):
+        TYPE = "picky"
+
+        def check_load(self, state):
+            if state.a8 == 66:
+                raise MigtreeError("this disk is 66 sectors, mine is 64")
+
+    root, machine = new_root()
+    machine.add_device(Widget(), "a").state.a8 = 1
+    machine.add_device(Picky(), "p").state.a8 = 66
+    tree = save_tree(root)
+    root2, machine2 = new_root()
+    a2 = machine2.add_device(Widget(), "a")
+    machine2.add_device(Picky(), "p")
+    with pytest.raises(LoadError, match="/machine/peripheral/p: this disk is 66 sectors"):
+        load_tree(tree, root2)
+    assert a2.state.a8 == 0
+
+
+def test_irreversible_post_loads_run_last():
+    calls = []
+
+    class Early(Widget):
+        TYPE = "early"
+
+        def post_load(self):
+            calls.append(self.name)
+
+    class Irreversible(Early):
+        TYPE = "irreversible"
+        POST_LOAD_ORDER = 1000
+
+    def make():
+        root, machine = new_root()
+        machine.add_device(Irreversible(), "ram")
+        machine.add_device(Early(), "dev")
+        return root
+
+    load_tree(save_tree(make()), make())
+    assert calls == ["dev", "ram"]
