@@ -371,6 +371,8 @@ class InputVisitor(Visitor):
             return x
         if type(x) is bytes:  # a small blob inlined by a filter or a JSON view
             return BlobValue(x)
+        if hasattr(x, "iter_chunks") and hasattr(x, "__len__"):
+            return x  # a live source (guest RAM) when a tree is loaded in-process
         raise self.error(name, f"expected blob, got {_kind_of(x)}")
 
 
@@ -502,6 +504,14 @@ def check_state_class(cls: type, label: str) -> None:
 
 def state_to_node(cls: type, value: Any, version: int, path: str = "") -> dict[str, Any]:
     """The output visit of one object's state: its fields as a plain dict."""
+    fns = _compiled.get((cls, version), False)
+    if fns is False:
+        fns = compiled(cls, version)
+    if fns is not None:
+        try:
+            return fns[0](value)
+        except Exception:  # anything unexpected: the generic visitor decides
+            pass
     ov = OutputVisitor(version, path)
     ov._out[-1] = {}
     ov.visit_fields(cls, value)
@@ -510,6 +520,14 @@ def state_to_node(cls: type, value: Any, version: int, path: str = "") -> dict[s
 
 def node_to_state(cls: type, node: dict[str, Any], version: int, path: str = "") -> Any:
     """The strict input visit of one object's node into a new state value."""
+    fns = _compiled.get((cls, version), False)
+    if fns is False:
+        fns = compiled(cls, version)
+    if fns is not None:
+        try:
+            return fns[1](node)
+        except Exception:  # anything unexpected: the generic visitor decides
+            pass
     return InputVisitor(node, version, path).visit_top(cls)
 
 
@@ -564,3 +582,255 @@ def _wire_strategy(wire: WireType, version: int):
     if t is Blob:
         return st.binary(max_size=256).map(BlobValue)
     raise TypeError(f"no strategy for {wire!r}")
+
+
+# -- the compiled fast path ---------------------------------------------------
+#
+# The visitors above walk a declaration field by field through method calls;
+# that costs a few microseconds per field. For every state class without a
+# hand-written visit, state_to_node / node_to_state instead run straight-line
+# Python generated once per (class, version) from the class's own attrs
+# fields -- never from stream data: the only names in the generated source
+# are the registered class's field names (Python identifiers, quoted with
+# repr) and integer bounds. The compiled code only handles the valid case: on
+# anything unexpected it gives up (_Miss) and the generic visitor runs on the
+# same input, so results and error messages are exactly the generic ones.
+# tests/core/test_stream_fastpath.py checks the two against each other.
+
+class _Miss(Exception):
+    """The compiled path cannot handle this value: use the generic visitor."""
+
+
+class _Unsupported(Exception):
+    """This declaration is not compiled (hand-written visit, optional array
+    elements): the generic visitor always serves it."""
+
+
+_compiled: dict[tuple[type, int], tuple[Any, Any] | None] = {}
+
+
+def _miss() -> Any:
+    raise _Miss
+
+
+def _extras_ok(node: dict, known: frozenset) -> bool:
+    for k in node.keys() - known:
+        v = node[k]
+        if k in RESERVED_KEYS or (type(v) is dict and "__type__" in v):
+            continue
+        return False
+    return True
+
+
+def _plain_init(cls: type) -> bool:
+    """Whether ``cls(**fields)`` equals ``cls()`` followed by setting the
+    fields (what the generic input visitor does): an attrs-generated
+    ``__init__`` with no validators, converters or init hooks."""
+    init = cls.__dict__.get("__init__")
+    code = getattr(init, "__code__", None)
+    if code is None or not code.co_filename.startswith("<attrs generated"):
+        return False
+    if hasattr(cls, "__attrs_post_init__") or hasattr(cls, "__attrs_pre_init__"):
+        return False
+    return all(f.init and f.validator is None and f.converter is None
+               for f in attrs.fields(cls))
+
+
+class _Compiler:
+    def __init__(self, version: int) -> None:
+        self.version = version
+        self.src: list[str] = []
+        self.ns: dict[str, Any] = {"_Miss": _Miss, "_miss": _miss, "_Blob": BlobValue,
+                                   "_SET_INT": frozenset({int}), "_extras_ok": _extras_ok,
+                                   "_set": set, "_map": map, "_type": type, "_min": min,
+                                   "_max": max, "_len": len, "_isinstance": isinstance,
+                                   "_hasattr": hasattr, "_setattr": object.__setattr__}
+        self.index: dict[type, int] = {}
+        self.done: set[str] = set()
+        self.elem = 0
+
+    def const(self, obj: Any) -> str:
+        name = f"_k{len(self.ns)}"
+        self.ns[name] = obj
+        return name
+
+    def compile(self, cls: type) -> tuple[Any, Any]:
+        i = self.struct(cls)
+        self.top_in(cls)
+        # the source is built from our own registered classes, never from stream data
+        exec("\n".join(self.src), self.ns)
+        return self.ns[f"_out_{i}"], self.ns["_top_in"]
+
+    def fields(self, cls: type) -> list[Any]:
+        if getattr(cls, _VISIT_HOOK, None) is not None or not attrs.has(cls):
+            raise _Unsupported
+        return [f for f in attrs.fields(cls) if since_of(f) <= self.version]
+
+    # -- one struct class: _out_i(value) -> dict and _in_i(map) -> value ----
+    def struct(self, cls: type) -> int:
+        if cls in self.index:
+            return self.index[cls]
+        i = self.index[cls] = len(self.index)
+        fields = self.fields(cls)
+        out = [f"def _out_{i}(v):", "    d = {}"]
+        for f in fields:
+            out.append(f"    x = v.{f.name}")
+            self.out_field(out, f.name, wire_of(f), "    ")
+        out.append("    return d")
+        self.src.append("\n".join(out))
+        body = [f"def _in_{i}(node):",
+                "    if _type(node) is not dict or '__type__' in node: raise _Miss"]
+        body += self.in_body(cls, fields)
+        body.append("    if _len(node) != n: raise _Miss")
+        body.append(self.construct(cls, fields))
+        self.src.append("\n".join(body))
+        return i
+
+    def top_in(self, cls: type) -> None:
+        fields = self.fields(cls)
+        known = self.const(frozenset(f.name for f in fields))
+        body = ["def _top_in(node):"] + self.in_body(cls, fields)
+        body.append(f"    if _len(node) != n and not _extras_ok(node, {known}): raise _Miss")
+        body.append(self.construct(cls, fields))
+        self.src.append("\n".join(body))
+
+    def in_body(self, cls: type, fields: list[Any]) -> list[str]:
+        required = sum(1 for f in fields if type(wire_of(f)) is not Optional)
+        lines = [f"    n = {required}"]
+        for f in fields:
+            wire, key, var = wire_of(f), repr(f.name), f"f_{f.name}"
+            if type(wire) is Optional:
+                lines.append(f"    if {key} in node:")
+                lines.append(f"        x = node[{key}]")
+                lines.append("        if x is None: raise _Miss")
+                expr = self.in_value(lines, wire.inner, "x", "        ")
+                lines.append(f"        {var} = {expr}")
+                lines.append("        n += 1")
+                lines.append("    else:")
+                lines.append(f"        {var} = None")
+            else:
+                lines.append(f"    x = node[{key}]")
+                expr = self.in_value(lines, wire, "x", "    ")
+                lines.append(f"    {var} = {expr}")
+        return lines
+
+    def construct(self, cls: type, fields: list[Any]) -> str:
+        c = self.const(cls)
+        if _plain_init(cls):
+            args = ", ".join(f"{f.alias}=f_{f.name}" for f in fields)
+            return f"    return {c}({args})"
+        sets = "".join(f"; _setattr(o, {f.name!r}, f_{f.name})" for f in fields)
+        return f"    o = {c}(){sets}; return o"
+
+    # -- output of one value in variable `var` -------------------------------
+    def out_field(self, lines: list[str], name: str, wire: WireType, ind: str) -> None:
+        if type(wire) is Optional:
+            lines.append(f"{ind}if x is not None:")
+            ind += "    "
+            wire = wire.inner
+        expr = self.out_value(lines, wire, "x", ind)  # appends the checks first
+        lines.append(f"{ind}d[{name!r}] = {expr}")
+
+    def out_value(self, lines: list[str], wire: WireType, var: str, ind: str) -> str:
+        t = type(wire)
+        if t is Int:
+            lines.append(f"{ind}if _type({var}) is not int or {var} < {wire.lo} or "
+                         f"{var} > {wire.hi}: raise _Miss")
+            return var
+        if t is Bool:
+            lines.append(f"{ind}if _type({var}) is not bool: raise _Miss")
+            return var
+        if t is Bytes:
+            lines.append(f"{ind}if _type({var}) is not bytes: raise _Miss")
+            self.lengths(lines, wire, var, ind)
+            return var
+        if t is Str:
+            lines.append(f"{ind}if _type({var}) is not str: raise _Miss")
+            if wire.max_length is not None:
+                lines.append(f"{ind}if _len({var}) > {wire.max_length}: raise _Miss")
+            return var
+        if t is Struct:
+            j = self.struct(wire.cls)
+            lines.append(f"{ind}if not _isinstance({var}, {self.const(wire.cls)}): raise _Miss")
+            return f"_out_{j}({var})"
+        if t is Blob:
+            lines.append(f"{ind}if {var} is None or not _hasattr({var}, 'iter_chunks'): "
+                         "raise _Miss")
+            return var
+        if t is Array:
+            lines.append(f"{ind}if _type({var}) is not list: raise _Miss")
+            self.lengths(lines, wire, var, ind)
+            elem = wire.element
+            if type(elem) is Int:
+                self.int_items(lines, elem, var, ind)
+                return f"{var}[:]"
+            return f"[{self.elem_fn(elem, 'out')}(e) for e in {var}]"
+        raise _Unsupported
+
+    # -- input of one value in variable `var` --------------------------------
+    def in_value(self, lines: list[str], wire: WireType, var: str, ind: str) -> str:
+        t = type(wire)
+        if t in (Int, Bool, Bytes, Str):
+            return self.out_value(lines, wire, var, ind)  # same checks, same value
+        if t is Struct:
+            return f"_in_{self.struct(wire.cls)}({var})"
+        if t is Blob:
+            return (f"({var} if _isinstance({var}, _Blob) else _Blob({var}) "
+                    f"if _type({var}) is bytes else _miss())")
+        if t is Array:
+            lines.append(f"{ind}if _type({var}) is not list: raise _Miss")
+            self.lengths(lines, wire, var, ind)
+            elem = wire.element
+            if type(elem) is Int:
+                self.int_items(lines, elem, var, ind)
+                return f"{var}[:]"
+            return f"[{self.elem_fn(elem, 'in')}(e) for e in {var}]"
+        raise _Unsupported
+
+    def elem_fn(self, elem: WireType, direction: str) -> str:
+        if type(elem) is Optional:
+            raise _Unsupported
+        if type(elem) is Struct:
+            j = self.struct(elem.cls)
+            if direction == "in":
+                return f"_in_{j}"
+            name = f"_eo_{j}"
+            if name not in self.done:
+                self.done.add(name)
+                c = self.const(elem.cls)
+                self.src.append(f"def {name}(e):\n    if not _isinstance(e, {c}): raise _Miss\n"
+                                f"    return _out_{j}(e)")
+            return name
+        self.elem += 1
+        name = f"_e{direction}_{self.elem}"
+        lines = [f"def {name}(e):"]
+        expr = (self.in_value if direction == "in" else self.out_value)(lines, elem, "e", "    ")
+        lines.append(f"    return {expr}")
+        self.src.append("\n".join(lines))
+        return name
+
+    def lengths(self, lines: list[str], wire: Any, var: str, ind: str) -> None:
+        if wire.length is not None:
+            lines.append(f"{ind}if _len({var}) != {wire.length}: raise _Miss")
+        if wire.max_length is not None:
+            lines.append(f"{ind}if _len({var}) > {wire.max_length}: raise _Miss")
+
+    def int_items(self, lines: list[str], elem: Int, var: str, ind: str) -> None:
+        lines.append(f"{ind}if {var} and (_set(_map(_type, {var})) != _SET_INT or "
+                     f"_min({var}) < {elem.lo} or _max({var}) > {elem.hi}): raise _Miss")
+
+
+def compiled(cls: type, version: int) -> tuple[Any, Any] | None:
+    """The compiled ``(output, input)`` functions of ``cls`` at ``version``,
+    generated on first use (None when the declaration is not compiled)."""
+    key = (cls, version)
+    try:
+        return _compiled[key]
+    except KeyError:
+        pass
+    try:
+        fns: tuple[Any, Any] | None = _Compiler(version).compile(cls)
+    except _Unsupported:
+        fns = None
+    _compiled[key] = fns
+    return fns
