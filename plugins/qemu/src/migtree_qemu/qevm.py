@@ -360,10 +360,82 @@ def find_vmdesc(buf: Any) -> tuple[int, dict[str, Any]] | None:
             continue
         try:
             desc = json.loads(bytes(buf[p + 5 : n]))
-        except ValueError:
+        except (ValueError, RecursionError):
             return None
         return p, desc
     return None
+
+
+_FIELD_KEYS = {"name", "type", "size", "index", "array_len", "struct", "vmsd_name",
+               "version", "fields", "subsections"}
+MAX_VMDESC_DEPTH = 32
+
+
+def check_vmdesc(desc: Any, offset: int | None = None) -> None:
+    """Check that a vmdesc has the shape QEMU writes (so decoding cannot
+    trip over a missing key or a wrong type); raise
+    :class:`QemuVmdescMismatchError` naming the device and entry."""
+
+    def bad(msg: str, where: str) -> QemuVmdescMismatchError:
+        return QemuVmdescMismatchError(f"malformed vmdesc: {msg}", offset=offset,
+                                       field=where or None)
+
+    def is_int(v: Any, lo: int = 0) -> bool:
+        return type(v) is int and v >= lo
+
+    def check_obj(d: Any, where: str, depth: int) -> None:
+        if depth > MAX_VMDESC_DEPTH:
+            raise bad(f"nested deeper than {MAX_VMDESC_DEPTH}", where)
+        if not isinstance(d, dict):
+            raise bad("an object description is not a JSON object", where)
+        if "vmsd_name" in d and not isinstance(d["vmsd_name"], str):
+            raise bad("vmsd_name is not a string", where)
+        if "version" in d and not is_int(d["version"]):
+            raise bad("version is not an unsigned integer", where)
+        fields = d.get("fields", [])
+        if not isinstance(fields, list):
+            raise bad("fields is not a list", where)
+        for i, f in enumerate(fields):
+            fw = f"{where}.fields[{i}]"
+            if not isinstance(f, dict) or not isinstance(f.get("name"), str):
+                raise bad("a field entry has no name", fw)
+            fw = f"{where}.{f['name']}"
+            if set(f) - _FIELD_KEYS:
+                raise bad(f"unknown keys {sorted(set(f) - _FIELD_KEYS)}", fw)
+            if not is_int(f.get("size")):
+                raise bad("size is not an unsigned integer", fw)
+            if "type" in f and not isinstance(f["type"], str):
+                raise bad("type is not a string", fw)
+            for k in ("index", "array_len"):
+                if k in f and not is_int(f[k]):
+                    raise bad(f"{k} is not an unsigned integer", fw)
+            if "struct" in f:
+                if f["struct"]:
+                    check_obj(f["struct"], fw, depth + 1)
+                elif not isinstance(f["struct"], dict):
+                    raise bad("struct is not an object", fw)
+            if "fields" in f:
+                check_obj(f, fw, depth + 1)
+        subs = d.get("subsections", [])
+        if not isinstance(subs, list):
+            raise bad("subsections is not a list", where)
+        for i, sd in enumerate(subs):
+            if not isinstance(sd, dict) or not isinstance(sd.get("vmsd_name"), str):
+                raise bad("a subsection has no vmsd_name", f"{where}.subsections[{i}]")
+            if not is_int(sd.get("version")):
+                raise bad("a subsection has no version", f"{where}.{sd['vmsd_name']}")
+            check_obj(sd, f"{where}.{sd['vmsd_name']}", depth + 1)
+
+    if not isinstance(desc, dict) or not isinstance(desc.get("devices", []), list):
+        raise bad("not an object with a devices list", "")
+    if "page_size" in desc and not (is_int(desc["page_size"], 1)
+                                    and desc["page_size"] & (desc["page_size"] - 1) == 0):
+        raise bad("page_size is not a power of two", "page_size")
+    for i, dev in enumerate(desc.get("devices", [])):
+        if not isinstance(dev, dict) or not isinstance(dev.get("name"), str) \
+                or not is_int(dev.get("instance_id")):
+            raise bad("a device entry has no name or instance_id", f"devices[{i}]")
+        check_obj(dev, dev["name"], 0)
 
 
 def load(
@@ -429,6 +501,8 @@ class _Reader:
             found = find_vmdesc(buf)
             self.desc = found[1] if found else None
             self.vmdesc_at = found[0] if found else None
+        if self.desc is not None:
+            check_vmdesc(self.desc, self.vmdesc_at)
         self.devices: list[dict[str, Any]] = list((self.desc or {}).get("devices", []))
         self.next_device = 0
         self.started: dict[int, Section] = {}

@@ -301,6 +301,13 @@ def decode_object(
             value = _decode_element(cur, fdesc)
             used = cur.pos - start
         else:
+            size = fdesc.get("size") or 0
+            if n > cur.end - cur.pos + 1 or (size and n * size > cur.end - cur.pos):
+                raise QemuTruncatedError(
+                    f"array {label!r} of {n} elements of {size} bytes does not fit in "
+                    f"the {cur.end - cur.pos} bytes left",
+                    **cur.where(),
+                )
             value = []
             used = None
             for i in range(n):
