@@ -87,6 +87,22 @@ def test_qemu_loads_what_came_back_from_migtree_cbor(streams, tmp_path):
         assert s.device("apic")["tpr"] == 0x10
 
 
+def test_read_from_a_pipe_and_from_memory(base_stream):
+    import subprocess
+
+    fmt = _format(_registry())
+    data = base_stream.read_bytes()
+    with subprocess.Popen(["cat", str(base_stream)], stdout=subprocess.PIPE) as p:
+        header, tree = fmt.read(p.stdout)
+    out = io.BytesIO()
+    fmt.write(out, header, tree)
+    assert out.getvalue() == data
+    header, tree = fmt.read(io.BytesIO(data))
+    out = io.BytesIO()
+    fmt.write(out, header, tree)
+    assert out.getvalue() == data
+
+
 def test_sections_at_qom_paths_from_the_walk_beside_the_stream(base_stream):
     """make_stream saved QEMU's QOM tree as STREAM.qom.json; read() uses it."""
     assert base_stream.with_suffix(".qom.json").exists()

@@ -28,9 +28,13 @@ RAM pages are never held as one value: by default a page is a
 
 from __future__ import annotations
 
+import io
 import json
 import mmap
 import os
+import shutil
+import stat
+import tempfile
 from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO
 
@@ -447,7 +451,8 @@ def load(
 ) -> QemuStream:
     """Decode a QEVM stream.
 
-    :param source: a path, the stream's bytes, or a seekable binary file
+    :param source: a path, the stream's bytes, or a binary file (a pipe or
+        in-memory file is first copied to a temporary file)
     :param ram: ``"reference"`` (pages become :class:`PageRef` into the
         source, which stays open until :meth:`QemuStream.close`), ``"copy"``
         (pages become ``bytes``), ``"skip"`` (pages are dropped; the stream
@@ -464,9 +469,11 @@ def load(
     if isinstance(source, (bytes, bytearray, memoryview)):
         buf: Any = bytes(source) if isinstance(source, memoryview) else source
     else:
-        fileobj = open(source, "rb") if not hasattr(source, "read") else source
+        fileobj, owned = _regular_file(source)
         size = os.fstat(fileobj.fileno()).st_size
         buf = mmap.mmap(fileobj.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
+        if not owned:
+            fileobj = None  # the caller's file: not ours to close
     src = _Source(buf, fileobj)
     try:
         stream = _Reader(buf, ram, vmdesc, footers).read()
@@ -478,6 +485,25 @@ def load(
         src.close()
         stream.source = None
     return stream
+
+
+def _regular_file(source: Any) -> tuple[BinaryIO, bool]:
+    """An open regular file for *source* (a path or a binary file) and
+    whether we opened it.  A pipe, socket or in-memory file is first copied
+    to a temporary file: the description sits at the end of the stream, so
+    reading needs a seekable whole."""
+    if not hasattr(source, "read"):
+        return open(source, "rb"), True
+    try:
+        fd = source.fileno()
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            return source, False
+    except (AttributeError, OSError, io.UnsupportedOperation):
+        pass
+    tmp = tempfile.TemporaryFile()
+    shutil.copyfileobj(source, tmp, 1 << 20)
+    tmp.flush()
+    return tmp, True
 
 
 def loads(data: bytes, **kwargs: Any) -> QemuStream:
@@ -930,8 +956,6 @@ def dump(stream: QemuStream, out: BinaryIO, *, chunk: int = 1 << 20) -> int:
 
 
 def dumps(stream: QemuStream) -> bytes:
-    import io
-
     b = io.BytesIO()
     dump(stream, b)
     return b.getvalue()
