@@ -262,3 +262,22 @@ def test_cli_explain_reports_what_would_not_load(installed, tmp_path, capsys):
     assert "LOAD FAILS: /machine/peripheral/d1: the build has an object with state here but " \
            "the tree has no node for it" in out
     assert out.rstrip().endswith("would load: no")
+
+
+def test_cli_explain_asks_each_device_as_the_load_would(installed, tmp_path, capsys,
+                                                      monkeypatch):
+    from test_engine_support import NewDev
+
+    from migtree.errors import MigtreeError
+
+    def refuse(self, state):
+        raise MigtreeError(f"value {state.value} is not for this device")
+
+    monkeypatch.setattr(NewDev, "check_load", refuse)
+    old = build_with("t-old", installed)
+    s = tmp_path / "old.mig"
+    s.write_bytes(stream.save(old.root, registry=installed))
+    new = write_build(tmp_path, "new", "t-new")
+    assert main(["explain", str(s), "--to", new]) == 1
+    out = capsys.readouterr().out
+    assert "LOAD FAILS: /machine/peripheral/d0: value 0 is not for this device" in out

@@ -32,10 +32,11 @@ def add_parser(subparsers: Any) -> None:
 
 def dry_load(tree: dict[str, Any], root: Any) -> dict[str, list[str]]:
     """What :func:`migtree.tree.load_tree` would say about ``tree``, without
-    assigning any state or calling ``post_load``: ``errors``, ``missing``
+    assigning any state or calling ``post_load`` (each object's
+    ``check_load`` is asked, as the load asks it): ``errors``, ``missing``
     (objects with state the tree gives nothing), ``unconsumed`` (nodes no
     object takes), ``stashed`` (nodes carrying a stash), ``loaded``."""
-    from ..errors import StateError
+    from ..errors import MigtreeError, StateError
     from ..tree import STASH_KEY, TYPE_KEY, VERSION_KEY, is_object_node, iter_object_nodes
     from ..visitor import node_to_state
 
@@ -60,9 +61,14 @@ def dry_load(tree: dict[str, Any], root: Any) -> dict[str, list[str]]:
             else:
                 if obj.STATE is not None:
                     try:
-                        node_to_state(obj.STATE, node, v, path)
+                        state = node_to_state(obj.STATE, node, v, path)
+                        check = getattr(obj, "check_load", None)
+                        if check is not None:
+                            check(state)  # the device's own refusal, before anything changes
                     except StateError as e:
                         out["errors"].append(str(e))
+                    except MigtreeError as e:
+                        out["errors"].append(f"{path}: {e}")
                 out["loaded"].append(path)
                 if STASH_KEY in node:
                     out["stashed"].append(path)
