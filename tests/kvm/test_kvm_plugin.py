@@ -517,3 +517,27 @@ def test_iter_object_nodes_sees_kvm_apics(kvm_build):
         p for p, n in iter_object_nodes(save_tree(kvm_build.root)) if n["__type__"] == "kvm-apic"
     ]
     assert paths == [LAPIC0, LAPIC1]
+
+
+def test_forward_filter_takes_the_timer_as_loaded_at_the_source_clock():
+    """QEMU stamps the timer with its virtual clock at save time; the filter
+    reads the source machine's clock from the tree it is filtering."""
+    from migtree.filters import FilterContext
+    from migtree_kvm.filters import filter_pair, kvm_apic_to_apic
+
+    page = bytearray(1024)
+    page[0x380:0x384] = (1000).to_bytes(4, "little")  # initial count
+    page[0x320:0x324] = (0x20).to_bytes(4, "little")  # LVT timer, one-shot, unmasked
+
+    def node():
+        return {"__type__": "kvm-apic", "__version__": 1, "regs": bytes(page),
+                "apicbase": 0xFEE00900}
+
+    fwd = filter_pair().forward
+    tree = {"__type__": "container", "__version__": 1,
+            "machine": {"__type__": "machine", "__version__": 1, "clock_ns": 5_000}}
+    at_source = kvm_apic_to_apic(node(), FilterContext("/x", fwd, tree=tree))
+    without = kvm_apic_to_apic(node(), FilterContext("/x", fwd))
+    assert at_source["initial_count_load_time"] == 5_000
+    assert without["initial_count_load_time"] == 0
+    assert at_source["next_time"] - without["next_time"] == 5_000

@@ -735,6 +735,7 @@ class _Engine:
         self.symbolic = symbolic
         self.collect = collect
         self.any_path = any_path
+        self.tree: dict[str, Any] | None = None  # the tree being run, for FilterContext.tree
         self.report = FilterReport(destination=destination.name, explain=explain)
         self.errors: list[tuple[str, FilterError]] = []
         self._registered_target = _Target("registered", types=self.registered)
@@ -850,6 +851,7 @@ class _Engine:
         if not (type(tree) is dict and TYPE_KEY in tree):
             raise FilterError("the tree's root is not an object node (no __type__)")
         root_slot = self.dest.root
+        self.tree = tree
         return self._walk(tree, (), root_slot)
 
     def _walk(self, node: dict[str, Any], parts: tuple[str, ...], slot: Slot | None):
@@ -987,7 +989,7 @@ class _Engine:
                kids_before: dict[str, Any],
                target: _Target) -> tuple[dict[str, Any], dict[str, Any]]:
         """Run ``flt`` on ``node``; the result and its child objects."""
-        ctx = FilterContext(path=path, filter=flt)
+        ctx = FilterContext(path=path, filter=flt, tree=self.tree)
         snap = _snapshot(node) if self.explain else None
         stash_before = _copy_plain(node.get(STASH_KEY)) if self.explain else None
         kind = "dynamic" if flt.dynamic else "static"

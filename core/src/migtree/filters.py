@@ -161,6 +161,16 @@ class FilterContext:
     path: str
     filter: Filter
     defaulted: dict[str, Any] = attrs.Factory(dict)
+    #: the whole tree being filtered, for reading context a node does not
+    #: carry (the source machine's virtual clock at ``tree["machine"]``); a
+    #: filter rewrites only the node it is given
+    tree: dict[str, Any] | None = None
+
+    def source_clock_ns(self) -> int | None:
+        """The source machine's virtual clock when the stream was saved."""
+        machine = (self.tree or {}).get("machine")
+        value = machine.get("clock_ns") if type(machine) is dict else None
+        return value if type(value) is int else None
 
     @property
     def stash_key(self) -> str:

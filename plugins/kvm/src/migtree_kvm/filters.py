@@ -36,12 +36,10 @@ A node that is not what the filter's ``match`` promised, or a value the
 other side cannot hold, is a :class:`~migtree.errors.FilterError` naming the
 object's path and the field.
 
-**The timer.** A filter sees one node, not the source machine's virtual
-clock, so forward takes the timer as (re)loaded at virtual time
-``now_ns = 0`` where QEMU uses its virtual clock at save time (the
-destination's clock would be no better: it is not the source's until the
-load). For builds whose clock starts at 0 and has not moved before the save
-the two agree.
+**The timer.** Forward takes the timer as (re)loaded at the source
+machine's virtual clock at save time (``ctx.source_clock_ns()``, read from
+the tree's ``/machine`` node), as QEMU uses ``QEMU_CLOCK_VIRTUAL`` at save
+time; called without a context it falls back to ``now_ns`` (default 0).
 """
 
 from __future__ import annotations
@@ -134,6 +132,9 @@ def kvm_apic_to_apic(node: dict[str, Any], ctx: Any = None, *, now_ns: int = 0) 
     if type(regs) is not bytes or len(regs) != 1024:
         raise FilterError(f"{_where(ctx)}: regs: expected 1024 bytes, got {regs!r:.40}")
     stash = _take_stash(node)
+    if ctx is not None and getattr(ctx, "source_clock_ns", None) is not None:
+        clock = ctx.source_clock_ns()
+        now_ns = clock if clock is not None else now_ns
     try:
         fields = page_to_apic_state(
             regs, native["apicbase"], now_ns=stash.get("initial_count_load_time", now_ns)
