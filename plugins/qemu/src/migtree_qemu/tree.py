@@ -169,7 +169,15 @@ def object_to_plain(obj: VMStateObject, ctx: dict[str, Any] | None = None) -> di
 
 
 def _sub_key(parent: str, name: str, taken: Mapping[str, Any]) -> str:
-    short = name[len(parent) + 1 :] if name.startswith(parent + "/") else name
+    """A subsection's key in its parent's node: its name without the
+    parent's prefix (``apic/timer`` -> ``timer``, and QEMU's older
+    underscore style ``apic_sipi`` -> ``sipi``), unless that collides with
+    a field."""
+    short = name
+    for sep in ("/", "_"):
+        if name.startswith(parent + sep) and len(name) > len(parent) + 1:
+            short = name[len(parent) + 1 :]
+            break
     return short if short not in taken or short == name else name
 
 
