@@ -45,3 +45,23 @@ def test_ci_runs_exactly_the_readme_test_command():
     ci = [line.strip() for line in (REPO / ".ci/run").read_text().splitlines()
           if line.strip() and not line.startswith("#")]
     assert ci[-1] in (test_command, f"exec {test_command}")
+
+
+def test_a_reader_leaving_early_is_not_an_error():
+    """`migtree inspect S | head`: a command whose stdout closes early exits
+    quietly, with no traceback."""
+    code = (
+        "import sys\n"
+        "from migtree import cli\n"
+        "make = cli.build_parser\n"
+        "def build_parser():\n"
+        "    parser = make()\n"
+        "    def write(args):\n"
+        "        raise BrokenPipeError(32, 'Broken pipe')\n"
+        "    parser.set_defaults(func=write)\n"
+        "    return parser\n"
+        "cli.build_parser = build_parser\n"
+        "sys.exit(cli.main([]))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0
+    assert proc.stderr == ""
