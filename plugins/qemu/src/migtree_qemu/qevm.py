@@ -858,8 +858,7 @@ class _Reader:
                                        "RAM page with CONTINUE flag but no block before it",
                                        off, field="ram page")
                 else:
-                    n = buf[cur.pos] if cur.pos < cur.end else cur.need(1, "block name")
-                    cur.pos += 1
+                    n = cur.uint(1, "RAM block name length")
                     block = cur.take(n, "RAM block name").decode("latin-1")
                     self.ram_block = block
             kind = flags & ~RAM_CONTINUE
