@@ -548,7 +548,15 @@ def _check_header(h: Any, start: int, end: int, limits: Limits) -> dict[str, Any
           start)
     _need(version == FORMAT_VERSION, f"format version {version} is not supported (this "
           f"migtree reads version {FORMAT_VERSION}); upgrade migtree to read it", start)
-    _Checker(limits, start, None, end - start > limits.implied, None).check(h)
+    return h
+
+
+def _check_header_body(h: dict[str, Any], start: int, end: int,
+                       limits: Limits) -> dict[str, Any]:
+    try:
+        _Checker(limits, start, None, end - start > limits.implied, None).check(h)
+    except StreamError as e:
+        raise StreamError(f"header: {e.reason}", offset=start) from None
     unknown = sorted(set(h) - set(HEADER_KEYS))
     _need(not unknown, f"header: unknown keys {unknown} (format version 1 has "
           f"{list(HEADER_KEYS)})", start)
@@ -635,9 +643,10 @@ def iter_sections(src: Any, *, limits: Limits = DEFAULT_LIMITS) -> Iterator[Sect
         raise StreamError("not a migtree stream: it does not start with a header map holding "
                           f"the {MAGIC} magic (first bytes: {first[:8].hex(' ')})", offset=0)
     start, end, h = inp.next("the header")
-    header = _check_header(h, start, end, limits)
+    header = _check_header(h, start, end, limits)  # magic and version first
+    inp.precheck(end)  # then the checksum, before anything else is believed
+    _check_header_body(header, start, end, limits)
     yield Section("header", start, end - start, header=header)
-    inp.precheck(end)
     yield from _Sections(inp, header["schemas"], limits).run()
 
 
