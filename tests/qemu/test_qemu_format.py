@@ -146,3 +146,29 @@ def test_registered_opaque_decoder_is_used_both_ways(base_stream):
     out = io.BytesIO()
     fmt.write(out, header, tree)
     assert out.getvalue() == base_stream.read_bytes()
+
+
+def test_core_open_stream_sniffs_qemu_and_converts_both_ways(base_stream, tmp_path):
+    """What `migtree convert` does: the core's open_stream picks the qemu
+    format by sniffing, its migtree writer takes the header we give
+    (schemas, extra), and our writer takes the tree it reads back."""
+    formats = pytest.importorskip("migtree.formats", reason="migtree.formats not there yet")
+    reg = _registry()
+    _format(reg)
+    name, header, tree = formats.open_stream(str(base_stream), reg)
+    assert name == "qemu" and header["machine_type"] == "pc-i440fx-7.2"
+    cbor = tmp_path / "vm.migtree"
+    with open(cbor, "wb") as f:
+        formats.MIGTREE.write(f, header, tree)
+    name2, header2, tree2 = formats.open_stream(str(cbor), reg)
+    assert name2 == "migtree"
+    assert header2["extra"] == {"source_format": "qemu", "machine_type": "pc-i440fx-7.2"}
+    out = io.BytesIO()
+    reg.formats["qemu"].write(out, header2, tree2)
+    assert out.getvalue() == base_stream.read_bytes()
+    # a damaged QEMU stream is a StreamError naming where
+    bad = tmp_path / "bad.qevm"
+    bad.write_bytes(base_stream.read_bytes()[:5000])
+    errors = pytest.importorskip("migtree.errors")
+    with pytest.raises(errors.StreamError, match="section 'ram'"):
+        formats.open_stream(str(bad), reg)

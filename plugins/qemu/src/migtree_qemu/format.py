@@ -68,6 +68,8 @@ class QemuStreamFormat:
             machine = stream.configuration.machine if stream.configuration else None
             header = {"format": FORMAT_NAME, "qevm_version": stream.version,
                       "machine_type": machine, "size": stream.size,
+                      # what `convert` puts in a migtree stream's header
+                      "extra": {"source_format": FORMAT_NAME, "machine_type": machine},
                       "schemas": tree_schemas(tree)}
         return header, tree
 

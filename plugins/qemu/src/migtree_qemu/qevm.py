@@ -489,14 +489,15 @@ def load(
 
 def _regular_file(source: Any) -> tuple[BinaryIO, bool]:
     """An open regular file for *source* (a path or a binary file) and
-    whether we opened it.  A pipe, socket or in-memory file is first copied
-    to a temporary file: the description sits at the end of the stream, so
+    whether we opened it.  A pipe, socket or in-memory file (or a file not
+    at its start: the stream begins where it is) is first copied to a
+    temporary file: the description sits at the end of the stream, so
     reading needs a seekable whole."""
     if not hasattr(source, "read"):
         return open(source, "rb"), True
     try:
         fd = source.fileno()
-        if stat.S_ISREG(os.fstat(fd).st_mode):
+        if stat.S_ISREG(os.fstat(fd).st_mode) and source.tell() == 0:
             return source, False
     except (AttributeError, OSError, io.UnsupportedOperation):
         pass

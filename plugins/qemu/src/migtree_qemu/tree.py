@@ -18,7 +18,8 @@ version, "__qemu__": {...}, field: value, ...}``: the fields with plain
 values (ints, bools, bytes, lists; structs as plain dicts; subsections as
 plain dicts under their short name, absent when QEMU did not send them).
 ``__qemu__`` keeps the section's idstr, instance id, section id and layout
-(its vmdesc entry: wire types, arrays, struct and subsection versions), so
+(its vmdesc entry as JSON text: wire types, arrays, struct and subsection
+versions), so
 :func:`tree_to_stream` writes the same bytes back.  A ``paths`` mapping
 (``{(idstr, instance_id): QOM path}``, e.g. from :mod:`migtree_qemu.qompaths`)
 puts sections at their QOM paths instead.
@@ -31,6 +32,7 @@ result replaces the bytes in the tree and its ``encode`` turns it back.
 from __future__ import annotations
 
 import copy
+import json
 import struct
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Protocol
@@ -46,7 +48,7 @@ from .qevm import (
     QemuStream,
     Section,
 )
-from .vmstate import NULLPTR, OPAQUE_TYPES, Field, VMStateObject
+from .vmstate import NULLPTR, OPAQUE_TYPES, Field, VMStateObject, qemu_json
 
 TYPE_KEY = "__type__"
 VERSION_KEY = "__version__"
@@ -115,6 +117,16 @@ def _place(root: dict[str, Any], path: str, node: dict[str, Any]) -> None:
         else:
             raise QemuEncodeError(f"two sections map to the same path {path}")
     parent[last] = node
+
+
+def layout_of(node: Mapping[str, Any]) -> dict[str, Any]:
+    """The QEMU layout (vmdesc entry) a section node was decoded with.  It
+    is kept as compact JSON text in ``__qemu__["layout"]``: an encoding
+    hint, not state, and one line in ``migtree inspect``."""
+    layout = node[QEMU_KEY]["layout"]
+    if isinstance(layout, str):
+        return json.loads(layout)
+    return dict(layout)
 
 
 def iter_section_nodes(tree: dict[str, Any], path: str = "") -> Iterator[tuple[str, dict]]:
@@ -312,7 +324,8 @@ def stream_to_tree(
         node: dict[str, Any] = {TYPE_KEY: sec.state.vmsd_name or sec.idstr,
                                 VERSION_KEY: sec.version_id}
         node[QEMU_KEY] = {"idstr": sec.idstr, "instance_id": sec.instance_id,
-                          "section_id": sec.section_id, "layout": _layout(sec)}
+                          "section_id": sec.section_id,
+                          "layout": qemu_json(_layout(sec))}
         ctx = {"idstr": sec.idstr, "instance_id": sec.instance_id,
                "vmsd_name": sec.state.vmsd_name, "version": sec.version_id}
         node.update(object_to_plain(sec.state, ctx))
@@ -436,7 +449,7 @@ def tree_to_stream(tree: Mapping[str, Any], *, decoders: Decoders | None = None)
             ram_index += 1
             continue
         q = node[QEMU_KEY]
-        layout = dict(q["layout"])
+        layout = layout_of(node)
         version = node[VERSION_KEY]
         plain = dict(node)
         ctx = {"idstr": idstr, "instance_id": instance, "vmsd_name": node[TYPE_KEY],
@@ -558,7 +571,7 @@ def tree_schemas(tree: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
                                {"name": "length", "kind": "u64"}]}},
                        {"name": "sections", "kind": "array", "element": {"kind": "blob"}}])
         elif q is not None:
-            add(node, [dict(_QEMU_FIELD), *layout_fields(q["layout"])])
+            add(node, [dict(_QEMU_FIELD), *layout_fields(layout_of(node))])
         for v in node.values():
             if isinstance(v, Mapping) and TYPE_KEY in v:
                 walk(v)
