@@ -520,17 +520,16 @@ class _Reader:
         self.ram = ram
         self.footers = footers
         self.vmdesc_at: int | None = None
+        found = find_vmdesc(buf)
+        self.vmdesc_at = found[0] if found else None
         if vmdesc is not None:
-            self.desc = json.loads(vmdesc) if isinstance(vmdesc, (bytes, str)) else vmdesc
-            found = find_vmdesc(buf)
-            self.vmdesc_at = found[0] if found else None
+            try:
+                self.desc = json.loads(vmdesc) if isinstance(vmdesc, (bytes, str)) else vmdesc
+            except ValueError as exc:
+                raise QemuVmdescMismatchError(f"the vmdesc given is not JSON: {exc}") from None
         else:
-            found = find_vmdesc(buf)
             self.desc = found[1] if found else None
-            self.vmdesc_at = found[0] if found else None
-        if self.desc is not None:
-            check_vmdesc(self.desc, self.vmdesc_at)
-        self.devices: list[dict[str, Any]] = list((self.desc or {}).get("devices", []))
+        self.devices: list[dict[str, Any]] = []
         self.next_device = 0
         self.started: dict[int, Section] = {}
         self.capabilities: list[str] = []
@@ -565,6 +564,9 @@ class _Reader:
                 f"{QEVM_VERSION} (QEMU >= 0.13) is supported",
                 4,
             )
+        if self.desc is not None:
+            check_vmdesc(self.desc, self.vmdesc_at)
+            self.devices = list(self.desc.get("devices", []))
         stream = QemuStream(version=version, size=len(self.buf))
         if self.desc is not None:
             stream.page_size = int(self.desc.get("page_size", 4096))
