@@ -349,7 +349,15 @@ def test_gc_state_is_restored():
     finally:
         gc.enable()
     stream.read_tree(stream.save(build()[0], registry=REG))
-    assert gc.isenabled()
+    assert gc.isenabled() and gc.get_freeze_count() == 0
+    # an application that froze objects itself keeps them frozen
+    gc.freeze()
+    try:
+        frozen = gc.get_freeze_count()
+        stream.read_tree(stream.save(build()[0], registry=REG))
+        assert gc.get_freeze_count() == frozen
+    finally:
+        gc.unfreeze()
 
 
 def test_cli_free_import_has_no_side_effects():

@@ -142,8 +142,11 @@ class _gc_paused:
     """Pause the cyclic garbage collector while a stream or a tree is built:
     they are acyclic (reference counting frees them), and with millions of
     young objects the collector's passes cost more than the decoding
-    (benchmarks/bench_core.py: read+load 2-5x slower). The previous state is
-    restored on exit; nesting is fine."""
+    (benchmarks/bench_core.py). On exit the objects made meanwhile are moved
+    to the oldest generation without a scan (``gc.freeze()`` then
+    ``gc.unfreeze()``; skipped when the application froze objects itself), so
+    the next automatic collections do not walk the whole new tree; the
+    previous enabled state is restored. Nesting is fine."""
 
     def __enter__(self) -> None:
         self.was = gc.isenabled()
@@ -151,6 +154,9 @@ class _gc_paused:
 
     def __exit__(self, *exc: Any) -> None:
         if self.was:
+            if gc.get_freeze_count() == 0:
+                gc.freeze()
+                gc.unfreeze()
             gc.enable()
 
 
@@ -595,14 +601,16 @@ def _check_schema_entry(key: str, e: Any, offset: int) -> None:
         _check_field_desc(f, f"{what}.fields[{i}]", offset, named=True)
 
 
+_KINDS = frozenset({"u8", "u16", "u32", "u64", "i8", "i16", "i32", "i64", "bool", "bytes", "str",
+                    "array", "struct", "optional", "blob"})
 _ENTRY_KEYS = {"type", "version", "parent", "plugin", "fields"}
 _DESC_KEYS = {"name", "kind", "length", "max_length", "element", "inner", "struct", "fields",
               "since", "doc"}
 
 
 def _check_field_desc(f: Any, what: str, offset: int, named: bool) -> None:
-    _need(type(f) is dict and type(f.get("kind")) is str, f"{what} must be a map with a kind",
-          offset)
+    _need(type(f) is dict and f.get("kind") in _KINDS,
+          f"{what} must be a map with a kind out of {sorted(_KINDS)}", offset)
     _need(not named or type(f.get("name")) is str, f"{what} has no name", offset)
     _need(set(f) <= _DESC_KEYS, f"{what} has unknown keys {sorted(set(f) - _DESC_KEYS)}",
           offset)
