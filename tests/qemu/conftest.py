@@ -16,14 +16,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 import qemu_streams
-from qemu_streams import MATRIX, QEMU, StreamConfig, kvm_usable
-
-
-def need_qemu(cfg: StreamConfig | None = None) -> None:
-    if QEMU is None:
-        pytest.skip("qemu-system-x86_64 is not installed (Debian: qemu-system-x86)")
-    if cfg is not None and cfg.accel == "kvm" and not kvm_usable():
-        pytest.skip("/dev/kvm is not usable here; KVM streams cannot be made")
+from qemu_streams import MATRIX, QEMU, StreamConfig, kvm_usable, linux_config, need_qemu  # noqa: F401
 
 
 class StreamFactory:
@@ -73,6 +66,3 @@ def guest_artifacts() -> tuple[str, str]:
     return str(kernel), str(initrd)
 
 
-def linux_config(guest: tuple[str, str], machine: str = "pc") -> StreamConfig:
-    return StreamConfig(machine=machine, accel="tcg", smp=1, memory=128, guest=guest,
-                        running=True)

@@ -18,6 +18,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
+
 from migtree_qemu import qompaths
 from migtree_qemu.qmp import QMPClient, QMPError
 
@@ -296,6 +298,20 @@ def dump_vmstate(outdir: Path, machine: str = "pc") -> Path:
     return out
 
 
+# Test helpers live here, not in conftest.py: every test directory has a
+# conftest module, so `from conftest import ...` would pick whichever came first.
+def need_qemu(cfg: StreamConfig | None = None) -> None:
+    if QEMU is None:
+        pytest.skip("qemu-system-x86_64 is not installed (Debian: qemu-system-x86)")
+    if cfg is not None and cfg.accel == "kvm" and not kvm_usable():
+        pytest.skip("/dev/kvm is not usable here; KVM streams cannot be made")
+
+
+def linux_config(guest: tuple[str, str], machine: str = "pc") -> StreamConfig:
+    return StreamConfig(machine=machine, accel="tcg", smp=1, memory=128, guest=guest,
+                        running=True)
+
+
 if __name__ == "__main__":
     target = Path(sys.argv[1] if len(sys.argv) > 1 else "streams")
     target.mkdir(parents=True, exist_ok=True)
@@ -303,3 +319,4 @@ if __name__ == "__main__":
         print(make_stream(c, target), flush=True)
     print(dump_vmstate(target, "pc"))
     print(dump_vmstate(target, "q35"))
+

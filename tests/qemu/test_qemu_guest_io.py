@@ -4,8 +4,7 @@ re-encode byte-identical, and QEMU resumes the guest from what we write."""
 from __future__ import annotations
 
 import pytest
-from conftest import linux_config
-from qemu_streams import load_stream, resave_under_kvm, wait_serial
+from qemu_streams import linux_config, load_stream, resave_under_kvm, wait_serial
 
 from migtree_qemu import qevm
 
@@ -56,7 +55,7 @@ def test_qemu_resumes_the_guest_from_our_stream(linux_stream, streams, tmp_path)
 def test_kvm_written_stream_of_the_linux_guest(linux_stream, streams, tmp_path):
     """design.md §8: boot under TCG, load into a paused KVM QEMU, migrate
     again; that KVM-written stream round-trips and loads back under KVM."""
-    from conftest import need_qemu
+    from qemu_streams import need_qemu
 
     cfg, path = linux_stream
     kcfg = type(cfg)(machine=cfg.machine, accel="kvm", memory=cfg.memory, guest=cfg.guest,
