@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import importlib.metadata
 import io
 import json
 import platform
@@ -199,9 +200,10 @@ def build(seed: int | None):
 
 def best(fn, repeat: int, collector: bool = False) -> float:
     """Best of ``repeat`` runs, in CPU time of this process (other load on the
-    machine then disturbs the figures less than wall time would). The cyclic GC is off during each run unless
-    ``collector`` (both sides alike; migtree pauses it itself anyway), so a
-    ratio compares work, not when a collection happened to fall."""
+    machine then disturbs the figures less than wall time would). The cyclic
+    GC is off during each run unless ``collector`` (both sides alike; migtree
+    pauses it itself anyway), so a ratio compares work, not when a collection
+    happened to fall."""
     times = []
     for _ in range(repeat):
         gc.collect()
@@ -291,7 +293,7 @@ def main() -> int:
     size = len(data)
     fig = {
         "python": platform.python_version(),
-        "cbor2": cbor2.__version__ if hasattr(cbor2, "__version__") else "6.x",
+        "cbor2": importlib.metadata.version("cbor2"),
         "objects": n_objects,
         "stream_bytes": size,
         "one_item_bytes": len(one_item),
@@ -316,6 +318,7 @@ def main() -> int:
         print(json.dumps(fig, indent=2))
     else:
         ms = 1e3
+        print(f"python {fig['python']}, cbor2 {fig['cbor2']}; CPU time, best of {args.repeat}")
         print(f"machine: {n_objects} objects, stream {size:,} bytes "
               f"(one-item CBOR of the tree: {len(one_item):,})")
         print(f"save       {t_save * ms:8.1f} ms   cbor2.dumps(tree) {t_dumps * ms:7.1f} ms   "

@@ -289,3 +289,28 @@ def test_fuzz_structured_sections(value):
                      [obj("/", fields=value if isinstance(value, dict) else {"v": value})]):
         _read_all_ways(build(*sections))
     _read_all_ways(build(obj("/"), hdr=header(extra={"x": value})))
+
+
+@pytest.mark.parametrize("bad", [1.5, {2: 1}, {b"k": 1}, {"$blob": 0}, cbor2.CBORSimpleValue(99),
+                                 {"__type__": "x"}])
+def test_a_bad_value_deep_in_a_batch_is_found_and_named(bad):
+    """Sections are value-checked in batches (stream._census); the precise
+    checker must still name the one bad section among thousands."""
+    sections = [obj("/")] + [obj(f"/n{i}", "dev", fields={"a": i, "s": [{"x": [1, 2]}]})
+                             for i in range(2500)]
+    if isinstance(bad, dict) and "__type__" in bad:
+        sections[1700][4]["obj"] = bad  # an object node as a field value
+    else:
+        sections[1700][4]["s"][0]["x"].append(bad)
+    err = error_of(build(*sections))
+    assert err.path == "/n1699"
+
+
+def test_census_accepts_plain_batches_and_sees_nested_keys():
+    from migtree.stream import _census
+
+    assert _census([{"a": [1, {"b": b"x", "c": [None, True, "s"]}]}] * 3)
+    assert not _census([{"a": 1}, {"a": [{"k": {3: 4}}]}])
+    assert not _census([{"a": [[[1.0]]]}])
+    assert not _census([{"__version__": 1}])
+    assert _census([{"a": {"__version__": 1}}])  # only the fields map reserves it
