@@ -259,6 +259,19 @@ def send(build: Any, chan: tp.Channel, *, timeout: float = DEFAULT_TIMEOUT,
             writer = tp.DataWriter(chan, bar.update)
             try:
                 stream.save(build.root, writer, registry=build.registry, build_name=build.name)
+                writer.flush()
+            except tp.RemoteAbort as e:
+                raise MigrationError(_remote_failure(e.msg)) from None
+            except tp.PeerClosed as e:
+                # the destination may have said why before it closed
+                try:
+                    if chan.incoming_ready():
+                        tp.raise_remote(chan, timeout=1.0)
+                except tp.RemoteAbort as r:
+                    raise MigrationError(_remote_failure(r.msg)) from None
+                except tp.TransportError:
+                    pass
+                raise e from None
             except tp.TransportError:
                 raise
             except MigtreeError as e:
@@ -266,15 +279,13 @@ def send(build: Any, chan: tp.Channel, *, timeout: float = DEFAULT_TIMEOUT,
                     chan.send_msg(tp.ABORT, {"error": f"the source could not write its state: "
                                                       f"{e}"})
                 raise MigrationError(f"the source could not write its state: {e}") from e
-            writer.flush()
         res.stream_bytes = writer.total
         res.save_s = time.monotonic() - t_pause
         chan.send_msg(tp.END, {"bytes": writer.total})
         events("sent", bytes=writer.total)
         kind, msg = chan.recv_msg(timeout)
         if kind == tp.FAILED:
-            raise MigrationError(f"the destination could not load the state "
-                                 f"({msg.get('stage')}): {msg.get('error')}")
+            raise MigrationError(_remote_failure(msg))
         if kind != tp.LOADED:
             raise tp.ProtocolError(f"expected LOADED or FAILED, got {tp.KIND_NAMES[kind]}")
         res.loaded = msg
@@ -314,6 +325,10 @@ def send(build: Any, chan: tp.Channel, *, timeout: float = DEFAULT_TIMEOUT,
         res.wire_bytes_sent, res.wire_bytes_received = chan.bytes_sent, chan.bytes_received
 
 
+def _remote_failure(msg: dict[str, Any]) -> str:
+    return f"the destination could not load the state ({msg.get('stage')}): {msg.get('error')}"
+
+
 class _null_progress(contextlib.AbstractContextManager):
     def update(self, n: int) -> None:
         pass
@@ -350,6 +365,9 @@ class DataReader:
         self.total = 0
         self.finished = False
         self._on_bytes = on_bytes
+        #: the transport error that ended the stream early, if one did (the
+        #: CBOR decoder reading from us may report it as bad CBOR instead)
+        self.error: MigtreeError | None = None
 
     def readable(self) -> bool:
         return True
@@ -380,6 +398,9 @@ class DataReader:
         except StopIteration:
             self.finished = True
             return False
+        except MigtreeError as e:
+            self.error = e
+            raise
         self.total += len(chunk)
         if self._on_bytes is not None:
             self._on_bytes(len(chunk))
@@ -458,8 +479,13 @@ def receive(build: Any, chan: tp.Channel, *, timeout: float = DEFAULT_TIMEOUT,
             try:
                 header, tree = stream.read_tree(reader)
                 reader.drain()
-            except tp.RemoteAbort as e:
-                raise MigrationError(f"the source gave up: {e}") from None
+            except MigtreeError as e:
+                cause = reader.error if reader.error is not None else e
+                if isinstance(cause, tp.RemoteAbort):
+                    raise MigrationError(f"the source gave up: {cause}") from None
+                if cause is not e:
+                    raise cause from None  # the connection, not the bytes, was the problem
+                raise
         res.stream_bytes = reader.total
         res.timings["receive_decode_s"] = time.monotonic() - t0
         events("received", bytes=reader.total, header=header)
@@ -556,8 +582,9 @@ def run_workloads(step: str, build: Any, workloads: list[Any], seed: int = 0) ->
                 wl.finish(build.machine)
             else:
                 out[wl.name] = wl.check(build.machine)
-        except MigtreeError as e:
-            raise MigrationError(f"workload {wl.name} ({wl.plugin}): {step}: {e}") from e
+        except Exception as e:  # plugin code: report it by workload and plugin
+            what = str(e) if isinstance(e, MigtreeError) else f"{e.__class__.__name__}: {e}"
+            raise MigrationError(f"workload {wl.name} ({wl.plugin}): {step}: {what}") from e
     return out
 
 

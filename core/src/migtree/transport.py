@@ -35,6 +35,7 @@ import ipaddress
 import json
 import logging
 import os
+import select
 import socket
 import ssl
 import stat
@@ -244,6 +245,12 @@ class Channel:
     def close(self) -> None:
         raise NotImplementedError
 
+    def incoming_ready(self) -> bool:
+        """Whether a frame (or the end of the connection) can be read now
+        without waiting: the sender looks between DATA frames, so a
+        destination that gave up is heard at once."""
+        return False
+
     # frames
     def send(self, kind: int, payload: bytes | memoryview = b"") -> None:
         limit = MAX_DATA_FRAME if kind == DATA else MAX_CONTROL_FRAME
@@ -319,17 +326,35 @@ class SocketChannel(Channel):
 
     def start(self, timeout: float | None) -> SocketChannel:
         """Exchange and check the preamble."""
-        self.sock.sendall(PREAMBLE)
+        try:
+            self.sock.sendall(PREAMBLE)
+        except (OSError, ssl.SSLError) as e:
+            raise PeerClosed(f"connection to {self.peer} broke while sending the protocol "
+                             f"preamble: {_why(e)}") from None
         got = self._recv_exact(len(PREAMBLE), timeout, "the protocol preamble")
         if got != PREAMBLE:
             raise ProtocolError(f"{self.peer} does not speak the migtree migration protocol "
                                 f"(got {got[:8]!r})")
         return self
 
+    def incoming_ready(self) -> bool:
+        if self._closed:
+            return False
+        if isinstance(self.sock, ssl.SSLSocket) and self.sock.pending():
+            return True
+        try:
+            readable, _, _ = select.select([self.sock], [], [], 0)
+        except (OSError, ValueError):
+            return True  # let the read report it
+        return bool(readable)
+
     def _send_frame(self, kind: int, payload: bytes | memoryview) -> None:
         try:
-            self.sock.sendall(_HEADER.pack(kind, len(payload)))
-            if payload:
+            head = _HEADER.pack(kind, len(payload))
+            if len(payload) <= 65536:  # a control frame leaves in one write, whole or not
+                self.sock.sendall(head + bytes(payload))
+            else:
+                self.sock.sendall(head)
                 self.sock.sendall(payload)
         except (OSError, ssl.SSLError) as e:
             raise PeerClosed(f"connection to {self.peer} broke while sending "
@@ -421,6 +446,9 @@ class DirChannel(Channel):
                           _HEADER.pack(kind, len(payload)) + bytes(payload))
         except OSError as e:
             raise PeerClosed(f"cannot write a frame to {self.dir}: {_why(e)}") from None
+
+    def incoming_ready(self) -> bool:
+        return self._name(f"{self.other}2{self.side}", self._in + 1).exists()
 
     def _recv_frame(self, timeout: float | None) -> tuple[int, bytes]:
         path = self._name(f"{self.other}2{self.side}", self._in + 1)
@@ -679,7 +707,8 @@ def connect(addr: Address | str, *, tls: TlsConfig | None = None, allow_plaintex
     except (ssl.SSLError, OSError) as e:
         with contextlib.suppress(OSError):
             sock.close()
-        raise TransportError(f"{addr}: TLS handshake failed: {_why(e)}") from None
+        what = "TLS handshake failed" if addr.scheme == "tls" else "connection broke"
+        raise TransportError(f"{addr}: {what}: {_why(e)}") from None
     except TransportError:
         with contextlib.suppress(OSError):
             sock.close()
@@ -716,6 +745,19 @@ class DataWriter:
         self.total += len(chunk)
         if self.on_bytes is not None:
             self.on_bytes(len(chunk))
+        if self.chan.incoming_ready():  # the destination spoke mid-stream: it gave up
+            raise_remote(self.chan)
+
+
+def raise_remote(chan: Channel, timeout: float = 5.0) -> None:
+    """Read the frame the peer sent unasked and raise what it says: a
+    :class:`RemoteAbort` for FAILED/ABORT, :class:`PeerClosed` when it
+    closed, :class:`ProtocolError` otherwise."""
+    kind, payload = chan.recv(timeout)
+    if kind in (FAILED, ABORT):
+        msg = decode_msg(kind, payload)
+        raise RemoteAbort(str(msg.get("error") or msg.get("reason") or "aborted"), msg)
+    raise ProtocolError(f"unexpected {KIND_NAMES[kind]} frame while sending the stream")
 
     def writable(self) -> bool:
         return True

@@ -51,8 +51,11 @@ def run(args: Any) -> int:
                               "workload_seed": args.seed, **res.as_dict()}
     if not res.committed and workloads:
         # the source runs on: it finishes what it started, nothing lost
-        M.run_workloads("finish", build, workloads)
-        report["workloads"] = M.run_workloads("check", build, workloads)
+        try:
+            M.run_workloads("finish", build, workloads)
+            report["workloads"] = M.run_workloads("check", build, workloads)
+        except M.MigrationError as e:
+            report["workload_error"] = str(e)
     A.dump_state(build, args.dump_state)
     if args.json:
         A.print_json(report)

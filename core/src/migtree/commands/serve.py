@@ -65,15 +65,20 @@ def run(args: Any) -> int:
     report: dict[str, Any] = {"role": "destination", "build": build.name,
                               "backend": build.backend.name, "notes": build.notes,
                               "refused_peers": listener.refused, **res.as_dict()}
+    ok = res.committed
     if res.committed and workloads:
-        M.run_workloads("finish", build, workloads)
-        report["workloads"] = M.run_workloads("check", build, workloads)
+        try:
+            M.run_workloads("finish", build, workloads)
+            report["workloads"] = M.run_workloads("check", build, workloads)
+        except M.MigrationError as e:  # the VM runs here now; its workload broke
+            report["workload_error"] = str(e)
+            ok = False
     A.dump_state(build, args.dump_state)
     if args.json:
         A.print_json(report)
     else:
         print(format_report(report))
-    return 0 if res.committed else 1
+    return 0 if ok else 1
 
 
 def format_report(r: dict[str, Any]) -> str:
@@ -88,4 +93,6 @@ def format_report(r: dict[str, Any]) -> str:
     lines.append(f"stream: {A.human_bytes(r.get('stream_bytes'))}")
     for name, summary in (r.get("workloads") or {}).items():
         lines.append(f"workload {name}: {summary}")
+    if r.get("workload_error"):
+        lines.append(f"workload failed: {r['workload_error']}")
     return "\n".join(lines)
