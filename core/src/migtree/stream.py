@@ -237,7 +237,8 @@ class _Window:
         if end <= start:
             return b""
         self._pos = self._base + end
-        return bytes(self._buf[start:end])
+        with memoryview(self._buf) as m:
+            return bytes(m[start:end])
 
     # for the reader
     def _fill(self, upto: int) -> None:
@@ -255,9 +256,11 @@ class _Window:
         return self._pos >= self._base + len(self._buf)
 
     def begin_item(self, limit: int) -> None:
-        """Forget bytes before the current position; allow ``limit`` more."""
+        """Allow ``limit`` more bytes; forget those before the current position
+        once they are many (compacting after every small item would move the
+        read-ahead again and again)."""
         drop = self._pos - self._base
-        if drop:
+        if drop > (1 << 20) or (drop and drop == len(self._buf)):
             del self._buf[:drop]
             self._base = self._pos
         self.item_limit = self._pos + limit + 1  # one past: an oversized item is seen
