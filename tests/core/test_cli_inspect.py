@@ -232,3 +232,14 @@ def test_schema_text(registry, capsys):
 def test_schema_unknown_type(registry, capsys):
     assert main(["schema", "no-such-type"]) == 1
     assert "no installed plugin registers no-such-type (known: " in capsys.readouterr().err
+
+
+def test_inspect_json_of_a_value_the_view_cannot_render(registry, tmp_path, capsys):
+    registry.formats["odd"] = StreamFormat(
+        "odd", sniff=lambda head: head.startswith(b"ODD"), plugin="odd-plugin",
+        read=lambda fp: ({}, {"__type__": "container", "__version__": 1, "x": object()}))
+    path = tmp_path / "o"
+    path.write_bytes(b"ODD")
+    assert main(["inspect", "--json", str(path)]) == 1
+    assert "odd stream: the JSON view has no rendering for a object" in capsys.readouterr().err
+    assert main(["inspect", str(path)]) == 0  # the text view shows it as it can

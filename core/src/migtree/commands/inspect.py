@@ -36,6 +36,7 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run(args: Any) -> int:
+    from ..errors import StreamError
     from ..formats import open_stream
     from ..jsonview import dumps, stream_to_json
     from ..plugins import get_registry
@@ -48,7 +49,11 @@ def run(args: Any) -> int:
         fmt, header, tree = open_stream(args.stream, registry)
         size = os.path.getsize(args.stream)
     if args.json:
-        print(dumps(stream_to_json(fmt, header, tree, inline_blobs=args.inline_blobs)))
+        try:
+            doc = stream_to_json(fmt, header, tree, inline_blobs=args.inline_blobs)
+        except TypeError as e:  # a foreign reader left a value the view cannot render
+            raise StreamError(f"{fmt} stream: {e}") from e
+        print(dumps(doc))
     else:
         print(render_text(fmt, header, tree, name=args.stream, size=size, full=args.full))
     return 0
@@ -87,7 +92,10 @@ def render_text(fmt: str, header: dict[str, Any], tree: dict[str, Any], *, name:
             out.append("extra: " + _short(header["extra"], full))
     else:
         for k, v in header.items():
-            out.append(f"{k}: {_short(v, full)}")
+            if k == "schemas" and isinstance(v, dict) and not full:
+                out.append(f"schemas: {len(v)} types: {', '.join(sorted(map(str, v)))}")
+            else:
+                out.append(f"{k}: {_short(v, full)}")
     out.append("")
     for path, node in nodes:
         out.append(f"{path}  {node.get(TYPE_KEY)}@{node.get(VERSION_KEY)}")
