@@ -184,9 +184,18 @@ def test_section_count_limit():
     assert "more than 2 sections" in str(error_of(data, limits=Limits(max_sections=2)))
 
 
-def test_limits_must_be_positive():
+def test_limits_must_be_positive_and_depth_bounded():
     with pytest.raises(ValueError, match="max_depth"):
         Limits(max_depth=0)
+    with pytest.raises(ValueError, match="at most 256"):
+        Limits(max_depth=100_000)
+    value: list = [1]
+    for _ in range(200):
+        value = [value]
+    # 200 levels: past the default 64, within a raised limit, no RecursionError
+    deep = build(obj("/", fields={"x": value}))
+    assert "nested deeper than the limit of 64" in str(error_of(deep))
+    assert stream.read_tree(deep, limits=Limits(max_depth=256))[1]["x"] == value
 
 
 def test_depth_limit_is_configurable():

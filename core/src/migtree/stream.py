@@ -60,6 +60,11 @@ _SCALARS = frozenset({int, bool, _NONE})
 _PLAIN = frozenset({int, bool, _NONE, str, bytes, dict, list})
 
 
+#: the largest Limits.max_depth: the precise checker and the JSON view recurse
+#: once per nesting level, and Python's recursion limit is 1000
+MAX_DEPTH_CEILING = 256
+
+
 @attrs.frozen
 class Limits:
     """Bounds on what a reader accepts. Each bound is checked before the
@@ -87,6 +92,9 @@ class Limits:
             v = getattr(self, f.name)
             if type(v) is not int or v < 1:
                 raise ValueError(f"Limits.{f.name} must be a positive int, got {v!r}")
+        if self.max_depth > MAX_DEPTH_CEILING:
+            raise ValueError(f"Limits.max_depth must be at most {MAX_DEPTH_CEILING} (the "
+                             f"checks recurse once per level), got {self.max_depth}")
 
     @property
     def implied(self) -> int:
