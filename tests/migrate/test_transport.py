@@ -234,8 +234,10 @@ def test_source_refuses_destination_with_untrusted_server_certificate(certs):
         th = _accept_in_thread(lst, got)
         with pytest.raises(t.TransportError, match="TLS handshake failed"):
             t.connect(lst.address, tls=client, timeout=30)
-        lst.close()
+        lst.close()  # wakes the accept() blocked in the thread
         th.join(60)
+    assert not th.is_alive()
+    assert isinstance(got[0], t.TransportError) and "listener was closed" in str(got[0])
 
 
 def test_non_migtree_peer_refused(short_tmp, caplog):

@@ -562,17 +562,23 @@ class Listener:
         addr = self.address
         if addr.scheme == "file":
             return DirChannel(Path(addr.path or ""), "d")
-        assert self._sock is not None
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
+            sock = self._sock
+            if sock is None:
+                raise TransportError(f"{addr}: the listener was closed")
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             if left == 0.0:
                 raise TransportError(f"{addr}: no source connected within {timeout:.0f}s")
-            self._sock.settimeout(left)
             try:
-                conn, raddr = self._sock.accept()
+                sock.settimeout(left)
+                conn, raddr = sock.accept()
             except TimeoutError:
                 continue
+            except OSError as e:
+                if self._sock is None:  # closed from another thread
+                    raise TransportError(f"{addr}: the listener was closed") from None
+                raise TransportError(f"{addr}: accept failed: {_why(e)}") from None
             peer = _peer_name(addr, raddr)
             try:
                 conn.settimeout(HANDSHAKE_TIMEOUT)
@@ -593,10 +599,14 @@ class Listener:
             return chan
 
     def close(self) -> None:
-        if self._sock is not None:
+        """Stop listening; an :meth:`accept` blocked in another thread returns
+        with a :class:`TransportError`."""
+        sock, self._sock = self._sock, None
+        if sock is not None:
             with contextlib.suppress(OSError):
-                self._sock.close()
-            self._sock = None
+                sock.shutdown(socket.SHUT_RDWR)  # wakes a blocked accept() on Linux
+            with contextlib.suppress(OSError):
+                sock.close()
         if self._unix_path is not None:
             with contextlib.suppress(OSError):
                 self._unix_path.unlink()
