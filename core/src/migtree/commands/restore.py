@@ -1,5 +1,6 @@
 """``migtree restore BUILD.toml STREAM``: load a stream file into a build --
-read the whole stream into a tree (checksum verified), let the filters
+read the whole stream into a tree (a migtree stream with its checksum
+verified, or any format an installed plugin reads), let the filters
 drive it to what the build has, and load it all-or-nothing -- then print
 what the filters did. With ``--workload`` the workloads finish on the
 restored build and their checks are printed."""
@@ -28,6 +29,7 @@ def run(args: Any) -> int:
     from .. import migration as M
     from .. import stream
     from ..engine import Destination, apply_filters, gather_filters
+    from ..formats import open_stream
     from ..progress import CountingReader, Progress
 
     build = A.load(args)
@@ -35,12 +37,13 @@ def run(args: Any) -> int:
     with open(args.stream, "rb") as fp, Progress(f"reading {args.stream}") as bar:
         if args.no_progress:
             bar.enabled = False
-        header, tree = stream.read_tree(CountingReader(fp, bar))
+        fmt, header, tree = open_stream(CountingReader(fp, bar), build.registry)
     freport = apply_filters(tree, Destination.of_build(build), gather_filters(build),
                             explain=args.explain)
     lreport = stream.load(tree, build.root, registry=build.registry)
     report: dict[str, Any] = {"build": build.name, "backend": build.backend.name,
-                              "stream": args.stream, "producer": header.get("producer"),
+                              "stream": args.stream, "format": fmt,
+                              "producer": header.get("producer"),
                               "filters": freport.as_dict(), "load": lreport.as_dict()}
     if workloads:
         M.run_workloads("finish", build, workloads)
@@ -50,8 +53,9 @@ def run(args: Any) -> int:
         A.print_json(report)
         return 0
     producer = header.get("producer") or {}
-    print(f"restored {args.stream} (written by {producer.get('build', '?')}, migtree "
-          f"{producer.get('version', '?')}) into {build.name} ({build.backend.name})")
+    print(f"restored {args.stream} ({fmt} stream written by {producer.get('build', '?')}, "
+          f"{producer.get('name', '?')} {producer.get('version', '?')}) into {build.name} "
+          f"({build.backend.name})")
     if args.explain:
         print(freport.format_text())
     else:
