@@ -201,7 +201,8 @@ def test_migtree_format_writes_what_it_reads(registry, stream_file):
 def test_schema_json_shape(registry, capsys):
     assert main(["schema", "--json", "test-widget", "machine"]) == 0
     doc = json.loads(capsys.readouterr().out)
-    assert list(doc) == ["types"] and list(doc["types"]) == ["test-widget", "machine"]
+    assert list(doc) == ["format", "types"] and doc["format"] == "migtree-schema"
+    assert list(doc["types"]) == ["test-widget", "machine"]
     w = doc["types"]["test-widget"]
     assert set(w) == {"parent", "abstract", "version", "min_version", "plugin", "versions"}
     assert (w["parent"], w["version"], w["min_version"], w["plugin"]) == \
@@ -243,3 +244,11 @@ def test_inspect_json_of_a_value_the_view_cannot_render(registry, tmp_path, caps
     assert main(["inspect", "--json", str(path)]) == 1
     assert "odd stream: the JSON view has no rendering for a object" in capsys.readouterr().err
     assert main(["inspect", str(path)]) == 0  # the text view shows it as it can
+
+
+def test_schema_dump_is_what_the_filter_engine_reads(registry):
+    from migtree.commands.schema import describe
+    from migtree.engine import Destination
+
+    dest = Destination.of_schema(describe(registry))
+    assert dest.types["test-widget"] == (1, 2) and dest.types["machine"] == (1, 1)

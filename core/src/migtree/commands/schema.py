@@ -5,7 +5,8 @@ types, every version each knows (the loadable range and the older layouts in
 The ``--json`` document (docs/wire-format.md, "Schema JSON"; ``migtree
 check`` reads it, keep it stable)::
 
-    {"types": {NAME: {"parent": str|null, "abstract": bool, "version": V,
+    {"format": "migtree-schema",
+     "types": {NAME: {"parent": str|null, "abstract": bool, "version": V,
                       "min_version": M, "plugin": DIST,
                       "versions": {"V": [FIELD, ...], ...}}}}
 
@@ -50,7 +51,7 @@ def describe(registry: Any, names: list[str] | None = None) -> dict[str, Any]:
             "min_version": t.min_version, "plugin": t.plugin,
             "versions": {str(v): schema_of(cls, v) for v, cls in t.versions().items()},
         }
-    return {"types": types}
+    return {"format": "migtree-schema", "types": types}
 
 
 def run(args: Any) -> int:
