@@ -694,6 +694,11 @@ class _Sections:
         self.owner: str | None = None
         self.batch: list[Section] = []
         self.batch_bytes = 0
+        self.names: dict[int, str] = {}  # blob index -> field path, for messages
+
+    def blob(self, idx: int) -> str:
+        field = self.names.get(idx)
+        return f"blob {idx} ({field})" if field else f"blob {idx}"
 
     def run(self) -> Iterator[Section]:
         inp, limits = self.inp, self.limits
@@ -712,6 +717,7 @@ class _Sections:
                 if sec.blobs or sec.size > implied:
                     yield from self.flush()
                     self.check(sec)
+                    self.names = {b.index: b.field for b in sec.blobs}
                     yield sec
                 else:
                     self.batch.append(sec)
@@ -725,7 +731,7 @@ class _Sections:
                 yield from self.flush()
                 if self.pending:
                     idx, size = self.pending[0]
-                    raise StreamError(f"blob {idx} has {self.done} of its {size} bytes when "
+                    raise StreamError(f"{self.blob(idx)} has {self.done} of its {size} bytes when "
                                       "the stream ends", offset=start, path=self.owner)
                 yield _footer(inp, item, start, end, self.count)
                 return
@@ -766,7 +772,7 @@ class _Sections:
     def object(self, item: list, start: int, end: int) -> Section:
         if self.pending:
             idx, size = self.pending[0]
-            raise StreamError(f"blob {idx} has {self.done} of its {size} bytes when the next "
+            raise StreamError(f"{self.blob(idx)} has {self.done} of its {size} bytes when the next "
                               "object section starts", offset=start, path=self.owner)
         self.count += 1
         if self.count > self.limits.max_sections:
@@ -840,14 +846,14 @@ class _Sections:
         exp_idx, size = self.pending[0]
         if not (path == owner and type(idx) is int and idx == exp_idx
                 and type(off) is int and off == self.done):
-            raise StreamError(f"expected the chunk of blob {exp_idx} at offset {self.done}, "
+            raise StreamError(f"expected the chunk of {self.blob(exp_idx)} at offset {self.done}, "
                               f"got path {path!r}, blob {idx!r}, offset {off!r}",
                               offset=start, path=owner)
         if type(data) is not bytes or not 1 <= len(data) <= CHUNK_SIZE:
             raise StreamError(f"chunk data must be 1..{CHUNK_SIZE} bytes", offset=start,
                               path=owner)
         if self.done + len(data) > size:
-            raise StreamError(f"blob {idx}: chunks exceed its size of {size} bytes",
+            raise StreamError(f"{self.blob(idx)}: chunks exceed its size of {size} bytes",
                               offset=start, path=owner)
         self.done += len(data)
         if self.done == size:
