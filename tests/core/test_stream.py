@@ -239,6 +239,13 @@ def test_pipe_input_rejects_data_after_the_footer():
         stream.read_tree(data)
 
 
+def test_text_mode_files_are_refused_clearly(tmp_path):
+    path = tmp_path / "s"
+    path.write_bytes(stream.save(build()[0], registry=REG))
+    with open(path) as fp, pytest.raises(TypeError, match="binary file"):
+        stream.read_tree(fp)
+
+
 def test_a_file_read_keeps_the_callers_position_semantics(tmp_path):
     data = stream.save(build()[0], registry=REG)
     path = tmp_path / "s"

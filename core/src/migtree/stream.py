@@ -297,7 +297,7 @@ class _Input:
             fp: Any = io.BytesIO(data)
             self._fp = fp
         else:
-            if not hasattr(src, "read"):
+            if not hasattr(src, "read") or isinstance(src, io.TextIOBase):
                 raise TypeError(f"read a stream from bytes or a binary file, not {src!r}")
             self.size, base = _seekable_size(src)
             if self.size is not None:
