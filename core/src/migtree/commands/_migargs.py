@@ -36,13 +36,14 @@ def add_workload_args(p: argparse.ArgumentParser, *, seed: bool) -> None:
                        help="seed for the workloads' start (default 0)")
 
 
-def add_transport_args(p: argparse.ArgumentParser) -> None:
+def add_transport_args(p: argparse.ArgumentParser, *, source: bool) -> None:
     g = p.add_argument_group("transport security")
     g.add_argument("--cert", help="this side's TLS certificate (PEM), for tls: addresses")
     g.add_argument("--key", help="this side's TLS private key (PEM)")
     g.add_argument("--ca", help="CA certificate(s) (PEM) that signed the peer's certificate")
-    g.add_argument("--server-name", help="the name the destination's certificate must carry "
-                                         "(default: the host of the address)")
+    if source:
+        g.add_argument("--server-name", help="the name the destination's certificate must "
+                                             "carry (default: the host of the address)")
     g.add_argument("--allow-plaintext", action="store_true",
                    help="allow plaintext tcp: on a loopback address (never allowed elsewhere)")
     p.add_argument("--timeout", type=float, default=120.0, metavar="SECONDS",
@@ -66,7 +67,8 @@ def tls_config(args: Any) -> Any:
         return None
     if len(given) != 3:
         raise SystemExit("migtree: error: --cert, --key and --ca go together")
-    return TlsConfig(args.cert, args.key, args.ca, server_name=args.server_name)
+    return TlsConfig(args.cert, args.key, args.ca,
+                     server_name=getattr(args, "server_name", None))
 
 
 def load(args: Any) -> Any:

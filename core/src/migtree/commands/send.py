@@ -29,7 +29,7 @@ def add_parser(subparsers: Any) -> None:
                    help="where to keep the state if the commit goes unconfirmed "
                         "(default: the temporary directory)")
     A.add_workload_args(p, seed=True)
-    A.add_transport_args(p)
+    A.add_transport_args(p, source=True)
     A.add_output_args(p)
     p.set_defaults(func=run)
 

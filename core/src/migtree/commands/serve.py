@@ -32,7 +32,7 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--explain", action="store_true",
                    help="record per-field diffs of every filter application in the report")
     A.add_workload_args(p, seed=False)
-    A.add_transport_args(p)
+    A.add_transport_args(p, source=False)
     A.add_output_args(p)
     p.set_defaults(func=run)
 
