@@ -10,13 +10,25 @@ from .filters import PAIR
 
 @hookimpl
 def migtree_register_types(register):
-    for cls in (VirtioDevice, VirtioPci, VirtioBlk, VirtioBlkPci):
+    from .qemu import QemuVirtioBlk, QemuVirtioPci
+
+    for cls in (VirtioDevice, VirtioPci, VirtioBlk, VirtioBlkPci, QemuVirtioPci, QemuVirtioBlk):
         register(cls)
 
 
 @hookimpl
 def migtree_register_filters(register):
+    # migtree_virtio.qemu.QEMU_PAIR (QEMU's decoded virtio-blk-pci <-> ours) is
+    # passed to the engine explicitly where wanted; see README "QEMU streams"
     register(PAIR)
+
+
+@hookimpl
+def migtree_register_opaque_decoders(register):
+    """QEMU's ``virtio`` blob of a virtio-blk-pci section (``migtree_virtio.qemu``)."""
+    from .qemu import DECODER
+
+    register(DECODER)
 
 
 @hookimpl
