@@ -48,6 +48,19 @@ class QemuStreamFormat:
     def decoders(self) -> dict[str, OpaqueCodec]:
         return registered_decoders(self._registry)
 
+    def describe(self, type_name: str, version: int) -> dict[str, Any] | None:
+        """The schema entry of a type a decoder's nodes use (from the
+        registry the decoders come from), for the header."""
+        try:
+            from migtree.stream import schema_entry
+        except ImportError:  # pragma: no cover - the core is a dependency
+            return None
+        registry = self._registry
+        if registry is None:
+            from migtree.plugins import get_registry
+            registry = get_registry()
+        return schema_entry(type_name, version, registry)
+
     def sniff(self, head: bytes) -> bool:
         return bytes(head[:4]) == MAGIC_HEAD
 
@@ -70,7 +83,7 @@ class QemuStreamFormat:
                       "machine_type": machine, "size": stream.size,
                       # what `convert` puts in a migtree stream's header
                       "extra": {"source_format": FORMAT_NAME, "machine_type": machine},
-                      "schemas": tree_schemas(tree)}
+                      "schemas": tree_schemas(tree, self.describe)}
         return header, tree
 
     def write(self, fp: IO[bytes], header: Mapping[str, Any] | None,

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import struct
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Protocol
@@ -74,6 +75,8 @@ class OpaqueCodec(Protocol):
 
 
 Decoders = Mapping[str, OpaqueCodec]
+
+log = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------------
@@ -331,11 +334,7 @@ def stream_to_tree(
         node.update(object_to_plain(sec.state, ctx))
         codec = decoders.get(sec.state.vmsd_name)
         if codec is not None:
-            for f in sec.state.fields:
-                if f.type in OPAQUE_TYPES and isinstance(node.get(f.name), bytes):
-                    node[f.name] = codec.decode(node[f.name], dict(ctx, field=f.name,
-                                                                   node=node))
-                    node[QEMU_KEY].setdefault("decoded", []).append(f.name)
+            node = _decode_opaque(codec, sec, node, ctx)
         _place(root, paths.get((sec.idstr, sec.instance_id))
                or default_path(sec.idstr, sec.instance_id), node)
     if ram_node is not None:
@@ -350,6 +349,37 @@ def stream_to_tree(
         "order": order,
     }
     return root
+
+
+def _decode_opaque(codec: OpaqueCodec, sec: Section, node: dict[str, Any],
+                   ctx: dict[str, Any]) -> dict[str, Any]:
+    """Hand the section's opaque fields to *codec*.  A decoded value that
+    is an object node (it has ``__type__``) of a section whose only content
+    is that field *becomes* the section's node (the virtio plugin's
+    ``qemu-virtio-pci`` at the proxy's path, its ``virtio-backend`` child
+    split out of the blob); ``__qemu__`` then records the vmsd name, section
+    version and field (``lifted``) the writer needs.  Any other value
+    replaces the field's bytes.  A codec that raises leaves the bytes as
+    they are; ``__qemu__["undecoded"]`` says why."""
+    opaque = [f for f in sec.state.fields
+              if f.type in OPAQUE_TYPES and isinstance(node.get(f.name), bytes)]
+    for f in opaque:
+        try:
+            value = codec.decode(node[f.name], dict(ctx, field=f.name, node=node))
+        except Exception as exc:  # a plugin's failure keeps the bytes opaque
+            reason = f"{type(exc).__name__}: {exc}"
+            node[QEMU_KEY].setdefault("undecoded", {})[f.name] = reason
+            log.warning("section %r field %r stays opaque: %s", sec.idstr, f.name, reason)
+            continue
+        if (isinstance(value, dict) and TYPE_KEY in value and len(sec.state.fields) == 1
+                and not sec.state.subsections):
+            q = dict(node[QEMU_KEY], vmsd_name=sec.state.vmsd_name, version=sec.version_id,
+                     lifted=f.name)
+            value[QEMU_KEY] = q
+            return value
+        node[f.name] = value
+        node[QEMU_KEY].setdefault("decoded", []).append(f.name)
+    return node
 
 
 class Chunks:
@@ -450,18 +480,23 @@ def tree_to_stream(tree: Mapping[str, Any], *, decoders: Decoders | None = None)
             continue
         q = node[QEMU_KEY]
         layout = layout_of(node)
-        version = node[VERSION_KEY]
+        lifted = q.get("lifted")
+        vmsd_name = q["vmsd_name"] if lifted else node[TYPE_KEY]
+        version = q["version"] if lifted else node[VERSION_KEY]
         plain = dict(node)
-        ctx = {"idstr": idstr, "instance_id": instance, "vmsd_name": node[TYPE_KEY],
+        ctx = {"idstr": idstr, "instance_id": instance, "vmsd_name": vmsd_name,
                "version": version}
-        codec = decoders.get(node[TYPE_KEY])
-        for fname in q.get("decoded", []):
+        codec = decoders.get(vmsd_name)
+        for fname in ([lifted] if lifted else q.get("decoded", [])):
             if codec is None:
                 raise QemuEncodeError(f"{path}: field {fname!r} was decoded by a plugin "
                                       f"that is not loaded now", section=idstr, field=fname)
-            plain[fname] = codec.encode(plain[fname], dict(ctx, field=fname, node=node))
+            value = node if lifted else plain[fname]
+            plain[fname] = codec.encode(value, dict(ctx, field=fname, node=node))
+        if lifted:  # the node is the decoder's; the section is that one field
+            plain = {QEMU_KEY: q, lifted: plain[lifted]}
         if "vmsd_name" in layout:
-            layout["vmsd_name"] = node[TYPE_KEY]
+            layout["vmsd_name"] = vmsd_name
             layout["version"] = version
         try:
             body = plain_to_object(plain, layout)
@@ -543,12 +578,25 @@ _QEMU_FIELD = {"name": QEMU_KEY, "kind": "struct", "struct": "qemu-section",
                "fields": []}
 
 
-def tree_schemas(tree: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+def tree_schemas(tree: Mapping[str, Any],
+                 describe: Callable[[str, int], dict[str, Any] | None] | None = None,
+                 ) -> dict[str, dict[str, Any]]:
     """``{"TYPE@V": schema entry}`` for every node a QEMU tree holds, for
     the header of a migtree stream (``migtree.stream.write_tree(schemas=)``).
     Two sections of one type@version with different layouts (e.g. different
-    subsections present) get the first one's description."""
+    subsections present) get the first one's description.  Nodes an opaque
+    decoder made (a lifted section node and its children) are described by
+    *describe(type, version)* (e.g. ``migtree.stream.schema_entry`` with the
+    registry that has the decoder's types), or left to the writer's
+    registry when it is None or does not know them."""
     out: dict[str, dict[str, Any]] = {}
+
+    def add_described(node: Mapping[str, Any], with_qemu: bool) -> None:
+        key = f"{node[TYPE_KEY]}@{node[VERSION_KEY]}"
+        entry = describe(node[TYPE_KEY], node[VERSION_KEY]) if describe else None
+        if entry is not None and key not in out:
+            fields = list(entry.get("fields", []))
+            out[key] = dict(entry, fields=[dict(_QEMU_FIELD), *fields] if with_qemu else fields)
 
     def add(node: Mapping[str, Any], fields: list[dict[str, Any]]) -> None:
         key = f"{node[TYPE_KEY]}@{node[VERSION_KEY]}"
@@ -570,8 +618,12 @@ def tree_schemas(tree: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
                                {"name": "name", "kind": "str"},
                                {"name": "length", "kind": "u64"}]}},
                        {"name": "sections", "kind": "array", "element": {"kind": "blob"}}])
+        elif q is not None and q.get("lifted"):
+            add_described(node, True)
         elif q is not None:
             add(node, [dict(_QEMU_FIELD), *layout_fields(layout_of(node))])
+        else:
+            add_described(node, False)
         for v in node.values():
             if isinstance(v, Mapping) and TYPE_KEY in v:
                 walk(v)
