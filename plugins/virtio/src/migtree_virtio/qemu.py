@@ -816,8 +816,9 @@ def _legacy_rings(num: int, desc: int) -> QemuRingAddrs:
     the available ring after the table, the used ring 4096-aligned after it)."""
     if not num or not desc:
         return QemuRingAddrs()
-    avail = desc + 16 * num
-    used = (avail + 4 + 2 * num + 4095) & ~4095
+    mask = (1 << 64) - 1  # hwaddr arithmetic
+    avail = (desc + 16 * num) & mask
+    used = ((avail + 4 + 2 * num + 4095) & ~4095) & mask
     return QemuRingAddrs(avail, used)
 
 
@@ -830,30 +831,15 @@ def _blk_config(config: bytes) -> dict[str, int]:
             "blk_size": at(20, 4) or 512}
 
 
-def qemu_to_migtree(node: dict[str, Any], ctx: Any) -> dict[str, Any]:
-    """``qemu-virtio-pci@1`` with a ``qemu-virtio-blk@1`` backend ->
-    ``virtio-pci@1`` with a ``virtio-blk@1`` backend. Our names, our
-    layout; what QEMU keeps and we do not goes into the stash (the QEMU
-    nodes' fields as they were, minus what ours hold), so the backward
-    filter restores the exact bytes."""
-    path = getattr(ctx, "path", "?")
-    key = getattr(ctx, "stash_key", QEMU_PAIR_NAME)
-    child = node.get(BACKEND)
-    if not (type(child) is dict and child.get("__type__") == TYPE_BLK):
-        raise FilterError(f"{path}: {TYPE_PCI} has no {TYPE_BLK} {BACKEND}")
-    where = path
-    try:
-        pci = node_to_state(QemuVirtioPciState, _fields(node, TYPE_PCI, where), 1, path)
-        dev = node_to_state(QemuVirtioBlkState, _fields(child, TYPE_BLK, where), 1,
-                            f"{path}/{BACKEND}")
-    except QemuVirtioLayoutError as e:
-        raise FilterError(str(e)) from None
+def _ours(pci: QemuVirtioPciState, dev: QemuVirtioBlkState, path: str,
+          ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The fields of our ``virtio-pci@1`` and ``virtio-blk@1`` for QEMU's
+    state: the forward mapping (the backward filter compares against it to
+    find what was edited)."""
     ms = pci.extra_state.modern_state if pci.extra_state is not None else None
     features = dev.guest_features if dev.guest_features is not None else dev.guest_features_lo
     rings = dev.virtqueues.vq if dev.virtqueues is not None else []
-    inflight_per_queue: dict[int, int] = {}
-    for req in dev.inflight:
-        inflight_per_queue[req.queue] = inflight_per_queue.get(req.queue, 0) + 1
+    taken = _taken(dev.inflight)
     queues = []
     for i, q in enumerate(dev.queues):
         if dev.virtqueues is None:  # legacy: the rings follow the table
@@ -864,21 +850,20 @@ def qemu_to_migtree(node: dict[str, Any], ctx: Any) -> dict[str, Any]:
         queues.append({
             "size": q.num,
             # modern drivers enable a queue explicitly; a legacy one by giving its address
-            "enable": mq.enabled if mq is not None else bool(q.desc),
+            "enable": mq.enabled if ms is not None else bool(q.desc),
             "msix_vector": q.vector if q.vector is not None else NO_VECTOR,
             "desc": q.desc, "driver": ring.avail, "device": ring.used,
             "last_avail_idx": q.last_avail_idx,
             # QEMU does not save a split ring's used index: its virtio_load reads it
             # from the used ring in guest RAM; what was taken and not returned is the
             # in-flight list, so used_idx = last_avail_idx - in flight on that queue
-            "used_idx": (q.last_avail_idx - inflight_per_queue.get(i, 0)) & 0xFFFF,
+            "used_idx": (q.last_avail_idx - taken.get(i, 0)) & 0xFFFF,
         })
     if len(pci.pci_config) != PCI_CONFIG_SPACE_SIZE:
         raise FilterError(f"{path}: a {len(pci.pci_config)}-byte (PCI Express) config space; "
                           "virtio-pci@1 holds 256 bytes")
     pba_size = (msix_vectors(pci.pci_config) + 63) // 64 * 8
-    pci_node: dict[str, Any] = {
-        "__type__": "virtio-pci", "__version__": 1,
+    pci_fields = {
         "pci_config": pci.pci_config,
         "msix_table": pci.msix_table,
         "msix_pba": pci.msix_pba.ljust(pba_size, b"\x00"),
@@ -886,8 +871,7 @@ def qemu_to_migtree(node: dict[str, Any], ctx: Any) -> dict[str, Any]:
         "driver_feature_select": ms.gfselect if ms is not None else 0,
         "queue_select": dev.queue_sel,
     }
-    blk_node: dict[str, Any] = {
-        "__type__": "virtio-blk", "__version__": 1,
+    blk_fields = {
         "device_status": dev.status, "isr": dev.isr, "driver_features": features,
         "msix_config": dev.config_vector if dev.config_vector is not None else NO_VECTOR,
         "config_generation": 0,  # QEMU 7.2 does not migrate it
@@ -895,32 +879,80 @@ def qemu_to_migtree(node: dict[str, Any], ctx: Any) -> dict[str, Any]:
         "queues": queues,
         **_blk_config(dev.config),
         "inflight": [{"queue": r.queue, "head": r.index,
-                      "out_sg": [{"addr": s.addr, "len": s.len} for s in r.out_sg],
-                      "in_sg": [{"addr": s.addr, "len": s.len} for s in r.in_sg]}
+                      "out_sg": [{"addr": x.addr, "len": x.len} for x in r.out_sg],
+                      "in_sg": [{"addr": x.addr, "len": x.len} for x in r.in_sg]}
                      for r in dev.inflight],
     }
-    # the QEMU nodes as they were (values only): the way back needs nothing else
+    return pci_fields, blk_fields
+
+
+def _taken(inflight: list[Any]) -> dict[int, int]:
+    out: dict[int, int] = {}
+    for r in inflight:
+        q = r["queue"] if isinstance(r, dict) else r.queue
+        out[q] = out.get(q, 0) + 1
+    return out
+
+
+def _objects(node: dict[str, Any]) -> dict[str, Any]:
+    """Child objects other than the backend, and the QEMU section identity
+    (``__qemu__``: the writer finds the section's node by it): they stay with
+    the function whichever layout it is in."""
+    return {k: v for k, v in node.items()
+            if k == "__qemu__" or (k != BACKEND and type(v) is dict and "__type__" in v)}
+
+
+def qemu_to_migtree(node: dict[str, Any], ctx: Any) -> dict[str, Any]:
+    """``qemu-virtio-pci@1`` with a ``qemu-virtio-blk@1`` backend ->
+    ``virtio-pci@1`` with a ``virtio-blk@1`` backend. Our names, our
+    layout; QEMU's nodes as they were go into the stash, so the backward
+    filter writes the same bytes and applies only what was edited."""
+    path = getattr(ctx, "path", "?")
+    key = getattr(ctx, "stash_key", QEMU_PAIR_NAME)
+    child = node.get(BACKEND)
+    if not (type(child) is dict and child.get("__type__") == TYPE_BLK):
+        raise FilterError(f"{path}: {TYPE_PCI} has no {TYPE_BLK} {BACKEND}")
+    try:
+        pci = node_to_state(QemuVirtioPciState, _fields(node, TYPE_PCI, path), 1, path)
+        dev = node_to_state(QemuVirtioBlkState, _fields(child, TYPE_BLK, path), 1,
+                            f"{path}/{BACKEND}")
+    except QemuVirtioLayoutError as e:
+        raise FilterError(str(e)) from None
+    pci_fields, blk_fields = _ours(pci, dev, path)
+    _fits(pci_fields, blk_fields, path)
+    out: dict[str, Any] = {"__type__": "virtio-pci", "__version__": 1, **pci_fields}
     stash = dict(node.get(_STASH) or {})
     stash[key] = {"pci": state_to_node(QemuVirtioPciState, pci, 1),
                   "blk": state_to_node(QemuVirtioBlkState, dev, 1)}
-    pci_node[_STASH] = stash
-    inner = child.get(_STASH)
-    if inner:
-        blk_node[_STASH] = inner
-    for k, v in node.items():  # other child objects stay with the function
-        if k != BACKEND and type(v) is dict and "__type__" in v:
-            pci_node[k] = v
-    if "__qemu__" in node:  # the section identity, for the way back
-        pci_node["__qemu__"] = node["__qemu__"]
-    pci_node[BACKEND] = blk_node
-    return pci_node
+    out[_STASH] = stash
+    blk: dict[str, Any] = {"__type__": "virtio-blk", "__version__": 1, **blk_fields}
+    if child.get(_STASH):
+        blk[_STASH] = child[_STASH]
+    out.update(_objects(node))
+    out[BACKEND] = blk
+    return out
+
+
+def _fits(pci_fields: dict[str, Any], blk_fields: dict[str, Any], path: str) -> None:
+    """The forward filter's output must be what our types load (a QEMU
+    value wider than our field is an error here, not at the load)."""
+    from migtree.errors import StateError
+
+    from .state import VirtioBlkState, VirtioPciState
+
+    try:
+        node_to_state(VirtioPciState, dict(pci_fields), 1, path)
+        node_to_state(VirtioBlkState, dict(blk_fields), 1, f"{path}/{BACKEND}")
+    except StateError as e:
+        raise FilterError(f"QEMU's state does not fit virtio-pci@1/virtio-blk@1: {e}") from None
 
 
 def migtree_to_qemu(node: dict[str, Any], ctx: Any) -> dict[str, Any]:
-    """``virtio-pci@1`` + ``virtio-blk@1`` -> the QEMU nodes they came from,
-    with every value ours holds taken from ours (so an edit made in our
-    layout reaches QEMU). Needs the stash the forward filter left: QEMU's
-    PCI function has state ours has no place for."""
+    """``virtio-pci@1`` + ``virtio-blk@1`` -> the QEMU nodes they came from.
+    Needs the stash the forward filter left (QEMU's function has state ours
+    has no place for). Every field of ours that differs from what the
+    forward filter made of the stash is an edit, and is written into QEMU's
+    fields; an edit QEMU's layout cannot hold is a :class:`FilterError`."""
     path = getattr(ctx, "path", "?")
     key = getattr(ctx, "stash_key", QEMU_PAIR_NAME)
     stash = dict(node.get(_STASH) or {})
@@ -934,84 +966,9 @@ def migtree_to_qemu(node: dict[str, Any], ctx: Any) -> dict[str, Any]:
         raise FilterError(f"{path}: virtio-pci has no virtio-blk {BACKEND}")
     pci = node_to_state(QemuVirtioPciState, dict(kept["pci"]), 1, path)
     dev = node_to_state(QemuVirtioBlkState, dict(kept["blk"]), 1, f"{path}/{BACKEND}")
-    # our values win: an edit made in virtio-pci/virtio-blk form reaches QEMU
-    pci.pci_config = node["pci_config"]
-    pci.msix_table = node["msix_table"]
-    nvec = msix_vectors(pci.pci_config)
-    pba = node["msix_pba"]
-    if any(pba[(nvec + 7) // 8:]):
-        raise FilterError(f"{path}: msix_pba has pending bits past vector {nvec}")
-    pci.msix_pba = pba[:(nvec + 7) // 8]
-    ms = pci.extra_state.modern_state if pci.extra_state is not None else None
-    if ms is not None:
-        ms.dfselect = node["device_feature_select"]
-        ms.gfselect = node["driver_feature_select"]
-    dev.queue_sel = node["queue_select"]
-    dev.status = child["device_status"]
-    dev.isr = child["isr"]
-    feats = child["driver_features"]
-    dev.guest_features_lo = feats & 0xFFFFFFFF
-    if dev.guest_features is not None:
-        dev.guest_features = feats
-    elif feats >> 32:
-        raise FilterError(f"{path}/{BACKEND}: driver_features has bits above 31 and QEMU "
-                          "did not send virtio/64bit_features")
-    if dev.config_vector is not None:
-        dev.config_vector = child["msix_config"]
-    if child["broken"] != bool(dev.broken):  # QEMU sends virtio/broken only when set
-        dev.broken = True if child["broken"] else None
-    if child["config_generation"]:
-        raise FilterError(f"{path}/{BACKEND}: config_generation {child['config_generation']}: "
-                          "QEMU 7.2 does not migrate it")
-    ours = _blk_config(dev.config)
-    config = bytearray(dev.config)
-    for name, (off, size) in _BLK_CONFIG_FIELDS.items():
-        if child[name] == ours[name]:
-            continue
-        if len(config) < off + size:
-            raise FilterError(f"{path}/{BACKEND}: {name} {child[name]}: QEMU's "
-                              f"{len(config)}-byte configuration has no place for it")
-        config[off:off + size] = child[name].to_bytes(size, "little")
-    dev.config = bytes(config)
-    theirs = child["queues"]
-    if len(theirs) != len(dev.queues):
-        raise FilterError(f"{path}/{BACKEND}: {len(theirs)} queues; QEMU's device has "
-                          f"{len(dev.queues)}")
-    taken: dict[int, int] = {}
-    for r in child["inflight"]:
-        taken[r["queue"]] = taken.get(r["queue"], 0) + 1
-    for i, (q, t) in enumerate(zip(dev.queues, theirs, strict=True)):
-        q.num, q.desc, q.last_avail_idx = t["size"], t["desc"], t["last_avail_idx"]
-        if q.vector is not None:
-            q.vector = t["msix_vector"]
-        elif t["msix_vector"] != NO_VECTOR:
-            raise FilterError(f"{path}/{BACKEND}: queues[{i}].msix_vector: QEMU's function "
-                              "has no MSI-X")
-        if dev.virtqueues is not None:
-            if i < len(dev.virtqueues.vq):
-                dev.virtqueues.vq[i] = QemuRingAddrs(t["driver"], t["device"])
-            else:
-                dev.virtqueues.vq.extend([QemuRingAddrs()] * (i - len(dev.virtqueues.vq)))
-                dev.virtqueues.vq.append(QemuRingAddrs(t["driver"], t["device"]))
-        elif _legacy_rings(t["size"], t["desc"]) != QemuRingAddrs(t["driver"], t["device"]):
-            raise FilterError(f"{path}/{BACKEND}: queues[{i}]: a legacy QEMU device derives "
-                              "the ring addresses from desc; these differ")
-        if ms is not None and i < len(ms.vqs):
-            ms.vqs[i].enabled = t["enable"]
-        elif ms is None and t["enable"] != bool(t["desc"]):
-            raise FilterError(f"{path}/{BACKEND}: queues[{i}].enable: QEMU's legacy interface "
-                              "has no queue enable")
-        want = (t["last_avail_idx"] - taken.get(i, 0)) & 0xFFFF
-        if t["used_idx"] != want:
-            raise FilterError(
-                f"{path}/{BACKEND}: queues[{i}].used_idx {t['used_idx']}: QEMU keeps a split "
-                f"ring's used index in guest RAM only; with {taken.get(i, 0)} requests in "
-                f"flight it must be last_avail_idx - {taken.get(i, 0)} = {want}")
-    dev.inflight = [QemuRequest(queue=r["queue"], index=r["head"],
-                                out_sg=[QemuSg(s["addr"], s["len"]) for s in r["out_sg"]],
-                                in_sg=[QemuSg(s["addr"], s["len"]) for s in r["in_sg"]],
-                                ndescs=_ndescs(r, dev))
-                    for r in child["inflight"]]
+    was_pci, was_blk = _ours(pci, dev, path)
+    _apply_pci_edits(pci, dev, node, was_pci, path)
+    _apply_blk_edits(pci, dev, child, was_blk, f"{path}/{BACKEND}")
     out: dict[str, Any] = {"__type__": TYPE_PCI, "__version__": 1}
     out.update(state_to_node(QemuVirtioPciState, pci, 1))
     if stash:
@@ -1020,17 +977,122 @@ def migtree_to_qemu(node: dict[str, Any], ctx: Any) -> dict[str, Any]:
     blk.update(state_to_node(QemuVirtioBlkState, dev, 1))
     if child.get(_STASH):
         blk[_STASH] = child[_STASH]
-    for k, v in node.items():
-        if k == "__qemu__" or (k != BACKEND and type(v) is dict and "__type__" in v):
-            out[k] = v
+    out.update(_objects(node))
     out[BACKEND] = blk
     return out
 
 
-def _ndescs(req: dict[str, Any], dev: QemuVirtioBlkState) -> int | None:
-    if dev.packed_virtqueues is None:
-        return None
-    return len(req["out_sg"]) + len(req["in_sg"])
+def _modern(pci: QemuVirtioPciState, what: str, path: str) -> QemuModernState:
+    ms = pci.extra_state.modern_state if pci.extra_state is not None else None
+    if ms is None:
+        raise FilterError(f"{path}: {what}: QEMU sent no virtio_pci/modern_state (a legacy "
+                          "function) to hold it")
+    return ms
+
+
+def _apply_pci_edits(pci: QemuVirtioPciState, dev: QemuVirtioBlkState, node: dict[str, Any],
+                     was: dict[str, Any], path: str) -> None:
+    changed = {k for k in was if node.get(k) != was[k]}
+    if "pci_config" in changed:
+        pci.pci_config = node["pci_config"]
+    if "msix_table" in changed:
+        pci.msix_table = node["msix_table"]
+    if "msix_pba" in changed or "pci_config" in changed:
+        nvec = msix_vectors(pci.pci_config)
+        pba = node["msix_pba"]
+        if any(pba[(nvec + 7) // 8:]):
+            raise FilterError(f"{path}: msix_pba has pending bits past vector {nvec}")
+        pci.msix_pba = pba[:(nvec + 7) // 8]
+    if "device_feature_select" in changed:
+        _modern(pci, "device_feature_select", path).dfselect = node["device_feature_select"]
+    if "driver_feature_select" in changed:
+        _modern(pci, "driver_feature_select", path).gfselect = node["driver_feature_select"]
+    if "queue_select" in changed:
+        dev.queue_sel = node["queue_select"]
+
+
+def _apply_blk_edits(pci: QemuVirtioPciState, dev: QemuVirtioBlkState, child: dict[str, Any],
+                     was: dict[str, Any], path: str) -> None:
+    def edited(name: str) -> bool:
+        return child.get(name) != was[name]
+
+    if edited("device_status"):
+        dev.status = child["device_status"]
+    if edited("isr"):
+        dev.isr = child["isr"]
+    if edited("driver_features"):
+        feats = child["driver_features"]
+        if dev.guest_features is None and feats >> 32:
+            raise FilterError(f"{path}: driver_features has bits above 31 and QEMU did not "
+                              "send virtio/64bit_features")
+        dev.guest_features_lo = feats & 0xFFFFFFFF
+        if dev.guest_features is not None:
+            dev.guest_features = feats
+    if edited("msix_config"):
+        if dev.config_vector is None:
+            raise FilterError(f"{path}: msix_config: QEMU's function has no MSI-X")
+        dev.config_vector = child["msix_config"]
+    if edited("config_generation"):
+        raise FilterError(f"{path}: config_generation {child['config_generation']}: QEMU 7.2 "
+                          "does not migrate it")
+    if edited("broken"):  # QEMU sends virtio/broken only when it is set
+        dev.broken = True if child["broken"] else None
+    config = bytearray(dev.config)
+    for name, (off, size) in _BLK_CONFIG_FIELDS.items():
+        if not edited(name):
+            continue
+        if len(config) < off + size:
+            raise FilterError(f"{path}: {name} {child[name]}: QEMU's {len(config)}-byte "
+                              "configuration has no place for it")
+        config[off:off + size] = child[name].to_bytes(size, "little")
+    dev.config = bytes(config)
+    theirs, before = child["queues"], was["queues"]
+    if len(theirs) != len(before):
+        raise FilterError(f"{path}: {len(theirs)} queues; QEMU's device has {len(before)}")
+    ms = pci.extra_state.modern_state if pci.extra_state is not None else None
+    for i, (q, t, b) in enumerate(zip(dev.queues, theirs, before, strict=True)):
+        what = f"queues[{i}]"
+        if t["size"] != b["size"]:
+            q.num = t["size"]
+        if t["desc"] != b["desc"]:
+            q.desc = t["desc"]
+        if t["last_avail_idx"] != b["last_avail_idx"]:
+            q.last_avail_idx = t["last_avail_idx"]
+        if t["msix_vector"] != b["msix_vector"]:
+            if q.vector is None:
+                raise FilterError(f"{path}: {what}.msix_vector: QEMU's function has no MSI-X")
+            q.vector = t["msix_vector"]
+        if (t["driver"], t["device"]) != (b["driver"], b["device"]):
+            if dev.virtqueues is None:
+                raise FilterError(f"{path}: {what}: a legacy QEMU device derives the ring "
+                                  "addresses from desc (no virtio/virtqueues)")
+            vqs = dev.virtqueues.vq
+            vqs.extend([QemuRingAddrs()] * (i + 1 - len(vqs)))
+            vqs[i] = QemuRingAddrs(t["driver"], t["device"])
+        if t["enable"] != b["enable"]:
+            if ms is None:
+                raise FilterError(f"{path}: {what}.enable: QEMU's legacy interface has no "
+                                  "queue enable")
+            ms.vqs.extend([QemuModernQueue()] * (i + 1 - len(ms.vqs)))
+            ms.vqs[i].enabled = t["enable"]
+    if child["inflight"] != was["inflight"]:
+        old = {i: r for i, r in enumerate(dev.inflight)}
+        dev.inflight = [
+            old[i] if i < len(was["inflight"]) and r == was["inflight"][i] else
+            QemuRequest(queue=r["queue"], index=r["head"],
+                        out_sg=[QemuSg(x["addr"], x["len"]) for x in r["out_sg"]],
+                        in_sg=[QemuSg(x["addr"], x["len"]) for x in r["in_sg"]],
+                        ndescs=(len(r["out_sg"]) + len(r["in_sg"])
+                                if dev.packed_virtqueues is not None else None))
+            for i, r in enumerate(child["inflight"])]
+    taken = _taken(dev.inflight)
+    for i, (q, t) in enumerate(zip(dev.queues, theirs, strict=True)):
+        want = (q.last_avail_idx - taken.get(i, 0)) & 0xFFFF
+        if t["used_idx"] != want:
+            raise FilterError(
+                f"{path}: queues[{i}].used_idx {t['used_idx']}: QEMU keeps a split ring's "
+                f"used index in guest RAM only; with {taken.get(i, 0)} requests in flight it "
+                f"must be last_avail_idx - {taken.get(i, 0)} = {want}")
 
 
 QEMU_TO_MIGTREE = Filter(
