@@ -1,0 +1,183 @@
+"""``migtree convert IN -o OUT [--from FORMAT] [--to FORMAT]``: rewrite a
+stream in another format: a foreign one a plugin registered (QEMU's QEVM)
+to migtree's CBOR stream and back, or a stream to its own format again.
+
+The input format is sniffed unless ``--from`` names it. The output format
+is ``--to``; without it, the format whose extension OUT has (``.qevm``,
+``.mt``/``.migtree``/``.cbor``), else ``migtree`` for a foreign input, else
+the format a migtree stream says it was converted from (its header's
+``extra.source_format``). The output is written to a temporary file beside
+OUT and renamed only when complete, so a failed conversion leaves no
+partial stream. ``-`` is stdin / stdout.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from typing import IO, Any
+
+HELP = "convert a stream between migtree's format and a foreign one (QEMU)"
+
+#: extensions that mean the migtree format
+MIGTREE_EXTENSIONS = (".mt", ".mtree", ".migtree", ".cbor")
+
+
+def add_parser(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "convert", help=HELP,
+        description=HELP + ". Reads any format `migtree inspect` reads; writes migtree's "
+        "format or any registered format that has a writer.")
+    p.add_argument("input", metavar="IN", help="the stream to convert ('-' for stdin)")
+    p.add_argument("-o", "--output", metavar="OUT", required=True,
+                   help="where to write ('-' for stdout)")
+    p.add_argument("--from", dest="from_format", metavar="FORMAT",
+                   help="the input's format (default: recognised from its first bytes)")
+    p.add_argument("--to", dest="to_format", metavar="FORMAT",
+                   help="the output's format: migtree, or a registered one such as qemu")
+    p.set_defaults(func=run, convert_parser=p)
+
+
+class UsageProblem(Exception):
+    """A format named on the command line that does not exist or cannot be
+    written (exit status 2, as argparse's own usage errors)."""
+
+
+def run(args: Any) -> int:
+    from ..formats import formats
+    from ..plugins import get_registry
+    from ..tree import iter_object_nodes
+
+    registry = get_registry()
+    known = formats(registry)
+    try:
+        if args.from_format is not None and args.from_format not in known:
+            raise UsageProblem(f"--from {args.from_format}: no such format (installed: "
+                               f"{', '.join(known)})")
+        if args.to_format is not None:
+            _writable(known, args.to_format, f"--to {args.to_format}")
+    except UsageProblem as e:
+        args.convert_parser.error(str(e))
+    src, header, tree = read_input(args.input, args.from_format, registry, known)
+    try:
+        dst = target_format(args.to_format, args.output, src, header, known)
+    except UsageProblem as e:
+        args.convert_parser.error(str(e))
+    size = write_output(args.output, known[dst], header, tree)
+    objects = sum(1 for _ in iter_object_nodes(tree))
+    what = f"{args.input}: {src} stream, {objects} objects -> {args.output}: {dst} stream"
+    if size is not None:
+        what += f", {size:,} bytes"
+    print(what, file=sys.stderr if args.output == "-" else sys.stdout)
+    return 0
+
+
+def read_input(name: str, from_format: str | None, registry: Any,
+               known: dict[str, Any]) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """``(format, header, tree)`` of the input: sniffed, or read with the
+    format ``--from`` names."""
+    from ..errors import MigtreeError, StreamError
+    from ..formats import open_stream
+
+    if from_format is None:
+        if name == "-":
+            return open_stream(sys.stdin.buffer, registry)
+        return open_stream(name, registry)
+    fmt = known[from_format]
+    fp: IO[bytes] = sys.stdin.buffer if name == "-" else open(name, "rb")
+    try:
+        try:
+            header, tree = fmt.read(fp)
+        except MigtreeError:
+            raise
+        except Exception as e:  # a foreign reader's own exception, named
+            raise StreamError(f"{from_format} stream: {e.__class__.__name__}: {e}") from e
+    finally:
+        if fp is not sys.stdin.buffer:
+            fp.close()
+    return from_format, header, tree
+
+
+def target_format(to_format: str | None, output: str, src: str, header: dict[str, Any],
+                  known: dict[str, Any]) -> str:
+    """The output format's name (see the module docstring for the rule)."""
+
+    def writable(name: str, why: str) -> str:
+        return _writable(known, name, why)
+
+    if to_format is not None:
+        return writable(to_format, f"--to {to_format}")
+    ext = os.path.splitext(output)[1].lower() if output != "-" else ""
+    if ext in MIGTREE_EXTENSIONS:
+        return "migtree"
+    for name, fmt in known.items():
+        if ext and ext in tuple(getattr(fmt, "extensions", ()) or ()):
+            return writable(name, f"{output} (extension {ext})")
+    if src != "migtree":
+        return "migtree"
+    extra = header.get("extra") if isinstance(header, dict) else None
+    origin = extra.get("source_format") if isinstance(extra, dict) else None
+    if isinstance(origin, str) and origin in known:
+        return writable(origin, f"the stream's source format {origin!r}")
+    raise UsageProblem("the input is a migtree stream: say which format to write with --to "
+                     f"(installed: {', '.join(known)})")
+
+
+def _writable(known: dict[str, Any], name: str, why: str) -> str:
+    fmt = known.get(name)
+    if fmt is None:
+        raise UsageProblem(f"{why}: no such format (installed: {', '.join(known)})")
+    if getattr(fmt, "write", None) is None:
+        raise UsageProblem(f"{why}: format {name!r} (plugin {fmt.plugin}) can be read but "
+                           "not written")
+    return name
+
+
+class _Counting:
+    """A write-only file that counts what goes through it."""
+
+    def __init__(self, fp: IO[bytes]) -> None:
+        self.fp = fp
+        self.size = 0
+
+    def write(self, data: Any) -> int:
+        n = self.fp.write(data)
+        self.size += len(data) if n is None else n
+        return len(data) if n is None else n
+
+    def flush(self) -> None:
+        self.fp.flush()
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def tell(self) -> int:
+        return self.size
+
+
+def write_output(output: str, fmt: Any, header: dict[str, Any],
+                 tree: dict[str, Any]) -> int | None:
+    """Write with ``fmt``; to a temporary file renamed over OUT when done.
+    Returns the size written."""
+    if output == "-":
+        out = _Counting(sys.stdout.buffer)
+        fmt.write(out, header, tree)
+        sys.stdout.buffer.flush()
+        return out.size
+    target = os.path.abspath(output)
+    fd, tmp = tempfile.mkstemp(prefix=".migtree-convert-", dir=os.path.dirname(target))
+    try:
+        with os.fdopen(fd, "wb") as f:
+            fmt.write(f, header, tree)
+        os.replace(tmp, target)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    return os.path.getsize(target)
