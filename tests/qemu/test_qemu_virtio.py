@@ -32,7 +32,8 @@ pytestmark = pytest.mark.qemu
 mstream = pytest.importorskip("migtree.stream", reason="the migtree core is not importable")
 import migtree_qemu.plugin as qemu_plugin  # noqa: E402
 import migtree_virtio.plugin as virtio_plugin  # noqa: E402
-from migtree import builtin, engine  # noqa: E402
+from migtree import builtin, engine, hookimpl  # noqa: E402
+from migtree.formats import OpaqueDecoder  # noqa: E402
 from migtree.registry import Registry  # noqa: E402
 from migtree.visitor import node_to_state  # noqa: E402
 from migtree_qemu.tree import iter_section_nodes  # noqa: E402
@@ -211,6 +212,35 @@ def test_written_without_the_plugin_is_a_clear_error(base_stream):
     reg.add_plugin(qemu_plugin, "migtree-qemu")
     with pytest.raises(Exception, match="decoded by a plugin that is not loaded"):
         qemu_format(reg).write(io.BytesIO(), header, tree)
+
+
+class _BrokenDecoderPlugin:
+    """A plugin whose virtio decoder fails on every section."""
+
+    @staticmethod
+    @hookimpl
+    def migtree_register_opaque_decoders(register):
+        def decode(data, ctx):
+            raise ValueError(f"cannot read {len(data)} bytes")
+
+        register(OpaqueDecoder("qemu", "virtio-blk", decode=decode,
+                               encode=lambda node, ctx: b""))
+
+
+def test_a_failing_decoder_leaves_the_bytes_opaque_and_says_why(base_stream):
+    reg = Registry()
+    reg.add_plugin(builtin, "migtree")
+    reg.add_plugin(qemu_plugin, "migtree-qemu")
+    reg.add_plugin(_BrokenDecoderPlugin, "broken-virtio")
+    fmt = qemu_format(reg)
+    header, tree = fmt.read(base_stream)
+    _, node = virtio_node(tree)
+    assert node["__type__"] == "virtio-blk" and isinstance(node["virtio"], bytes)
+    assert node["__qemu__"]["undecoded"] == {
+        "virtio": f"ValueError: cannot read {len(node['virtio'])} bytes"}
+    out = io.BytesIO()
+    fmt.write(out, header, tree)  # the bytes, as they were
+    assert out.getvalue() == base_stream.read_bytes()
 
 
 # ---------------------------------------------------------------------------
