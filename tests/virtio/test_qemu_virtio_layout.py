@@ -511,3 +511,28 @@ def test_the_plugin_registers_the_decoder_and_the_qemu_types():
         assert info.abstract and info.version == 1
     with pytest.raises(MigtreeError):
         reg.types.create("qemu-virtio-pci")
+
+
+def test_our_device_refuses_qemus_transitional_function(tmp_path):
+    """The forward filter's output is a valid virtio-pci/virtio-blk node; our
+    device's own load check still refuses QEMU's default (transitional,
+    device ID 0x1001) config space, as QEMU refuses a config mismatch."""
+    from virtio_helpers import make_build
+
+    from migtree.errors import LoadError
+    from migtree.tree import load_tree, save_tree
+
+    img = tmp_path / "disk.img"
+    with open(img, "wb") as f:
+        f.truncate(16 << 20)  # the capacity linux_like's config gives
+    root, _machine, dev = make_build("split", str(img))
+    try:
+        ours = vq.qemu_to_migtree(node_of(*linux_like()), ctx())
+        ours_valid(ours)
+        del ours["__stash__"]
+        tree = save_tree(root)
+        tree["machine"]["peripheral"]["vblk0"] = ours
+        with pytest.raises(LoadError, match=r"PCI config mismatch at 0x02: the source has 0x01"):
+            load_tree(tree, root)
+    finally:
+        dev.vdev.close()
