@@ -447,3 +447,25 @@ def test_json_reports_are_json(pair):
     assert s["outcome"] == d["outcome"] == "committed"
     assert "virtio-blk-io" in d["workload_error"]
 
+
+
+def test_source_device_that_fails_to_save(pair):
+    """A device's pre_save raises (a plugin bug) halfway through the stream:
+    the destination is told, drops what it got; the source resumes."""
+    dst, addr = serve(pair)
+    src = Source(pair, SEED)
+    dev = next(o for o in src.build.root.walk() if o.TYPE == "virtio-blk-pci")
+
+    def broken() -> None:
+        raise RuntimeError("injected pre_save bug")
+
+    dev.pre_save = broken
+    try:
+        res = src.migrate(addr)
+        del dev.pre_save  # the bug is gone; the source runs on
+        report = assert_destination_unchanged(pair, dst, {"failed"})
+        assert_source_intact(src, res, {"resumed"})
+    finally:
+        src.close()
+    assert "RuntimeError: injected pre_save bug" in res.error
+    assert "the source gave up" in report["error"] and "injected pre_save bug" in report["error"]

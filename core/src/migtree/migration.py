@@ -274,11 +274,12 @@ def send(build: Any, chan: tp.Channel, *, timeout: float = DEFAULT_TIMEOUT,
                 raise e from None
             except tp.TransportError:
                 raise
-            except MigtreeError as e:
+            except Exception as e:  # a device's pre_save or visit failed (plugin code)
+                why = _describe(e)
                 with contextlib.suppress(tp.TransportError):
                     chan.send_msg(tp.ABORT, {"error": f"the source could not write its state: "
-                                                      f"{e}"})
-                raise MigrationError(f"the source could not write its state: {e}") from e
+                                                      f"{why}"})
+                raise MigrationError(f"the source could not write its state: {why}") from e
         res.stream_bytes = writer.total
         res.save_s = time.monotonic() - t_pause
         chan.send_msg(tp.END, {"bytes": writer.total})
@@ -312,17 +313,21 @@ def send(build: Any, chan: tp.Channel, *, timeout: float = DEFAULT_TIMEOUT,
         res.outcome = "committed"
         events("done")
         return res
-    except MigtreeError as e:
+    except Exception as e:  # anything at all before COMMIT: the source runs on
         if committed:  # pragma: no cover - the branch above returns
             raise
         if res.paused_s is None:
             res.paused_s = time.monotonic() - t_pause
-        res.outcome, res.error = "resumed", f"{e}; the source resumed with its state"
+        res.outcome, res.error = "resumed", f"{_describe(e)}; the source resumed with its state"
         resume()
-        events("resumed", error=str(e))
+        events("resumed", error=res.error)
         return res
     finally:
         res.wire_bytes_sent, res.wire_bytes_received = chan.bytes_sent, chan.bytes_received
+
+
+def _describe(e: BaseException) -> str:
+    return str(e) if isinstance(e, MigtreeError) else f"{e.__class__.__name__}: {e}"
 
 
 def _remote_failure(msg: dict[str, Any]) -> str:
@@ -505,8 +510,8 @@ def receive(build: Any, chan: tp.Channel, *, timeout: float = DEFAULT_TIMEOUT,
         res.load = lreport.as_dict()
         res.timings["load_s"] = time.monotonic() - t2
         events("loaded", report=lreport)
-    except MigtreeError as e:
-        res.error = str(e)
+    except Exception as e:  # the load is all-or-nothing: nothing changed here
+        res.error = _describe(e)
         if res.outcome == "pending":
             res.outcome = "failed"
         if not isinstance(e, tp.TransportError):
