@@ -63,13 +63,15 @@ def main() -> None:
         raise SystemExit(f"wheel smoke: plugins missing or broken: "
                          f"missing={sorted(EXPECTED_PLUGINS - names)} broken={broken}")
     src, dst = "examples/kvm-combined.toml", "examples/userspace-split.toml"
-    run(migtree, "save", src, "-o", "src.mtree", cwd=scratch, env=env)
+    run(migtree, "save", src, "--create-drives", "8M", "-o", "src.mtree", cwd=scratch, env=env)
     print(run(migtree, "inspect", "src.mtree", cwd=scratch, env=env)[:2000])
     run(migtree, "inspect", "--json", "src.mtree", cwd=scratch, env=env)
     run(migtree, "schema", "apic", cwd=scratch, env=env)
     print(run(migtree, "check", "--from", src, "--to", dst, cwd=scratch, env=env)[:2000])
     print(run(migtree, "explain", "src.mtree", "--to", dst, cwd=scratch, env=env)[:2000])
-    run(migtree, "restore", dst, "src.mtree", cwd=scratch, env=env)
+    run(migtree, "restore", "--create-drives", "8M", dst, "src.mtree", cwd=scratch, env=env)
+    # the main job, on the installed wheels: two processes, a real socket
+    print(run(migtree, "migrate", src, dst, cwd=scratch, env=env)[-3000:])
     print("wheel smoke: OK")
 
 
