@@ -171,6 +171,23 @@ def test_lint1_as_nmi_and_lint0_as_extint_signal_the_cpu():
     assert apic.read(REG_IRR + 0x70) == 0 and not apic.interrupt_pending
 
 
+def test_after_reset_the_bsps_lint0_is_extint_and_reaches_the_cpu_once_enabled():
+    # QEMU's apic_reset_common (and KVM) set the BSP's LINT0 to ExtINT; an
+    # application processor's stays masked
+    _, (bsp, ap) = enabled_apic(2)
+    cpus = [CpuPlayer(bsp, "bsp"), CpuPlayer(ap, "ap")]
+    assert (bsp.read(LVT_LINT0), ap.read(LVT_LINT0)) == (0x700, 0x10000)
+    bsp.raise_lint(0)
+    ap.raise_lint(0)
+    assert [e[3] for e in cpus[0].log] == ["extint"] and cpus[1].log == []
+    # INIT (here: the base MSR's enable bit cleared) masks it again; RESET restores it
+    bsp.set_base(bsp.get_base() & ~(1 << 11))
+    bsp.set_base(bsp.get_base() | (1 << 11))
+    assert bsp.read(LVT_LINT0) == 0x10000
+    bsp.reset()
+    assert bsp.read(LVT_LINT0) == 0x700
+
+
 def test_masked_lvt_entries_and_reserved_modes_deliver_nothing():
     _, (apic,) = enabled_apic()
     cpu = CpuPlayer(apic)

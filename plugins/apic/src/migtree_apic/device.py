@@ -179,13 +179,17 @@ class Apic(Device):
         """Power-up / RESET (QEMU's ``apic_reset_common``): the base MSR at
         0xFEE00000, enabled, BSP flag for the bootstrap processor; every
         register at its power-up value; application processors wait for a
-        start-up IPI."""
+        start-up IPI. The bootstrap processor's LINT0 is ExtINT (0x700), as
+        QEMU's ``apic_reset_common`` and KVM set it on behalf of the BIOS, so
+        the 8259 PIC reaches the CPU once the APIC is software-enabled."""
         st = ApicState()
         st.apicbase = APIC_DEFAULT_ADDRESS | APICBASE_ENABLE | (
             APICBASE_BSP if self._reset_bsp else 0)
         st.id = self._reset_id
         self.state = st
         self._init_reset()
+        if self._reset_bsp:
+            st.lvt[LVT_LINT0] = DM_EXTINT << 8
         st.sipi = None if self._reset_bsp else SipiState(sipi_vector=0, wait_for_sipi=1)
         self._update_irq()
 
