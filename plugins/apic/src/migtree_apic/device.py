@@ -345,7 +345,7 @@ class Apic(Device):
         (x2APIC, which this model does not offer) and bits 32 and up (the
         model's physical address width for the page is 32 bits, the width of
         QEMU's ``apicbase``). Clearing bit 11 returns the APIC to its
-        power-up state (SDM: "prior initialization ... may be lost") and stops
+        INIT state (SDM: "prior initialization ... may be lost") and stops
         it decoding its page; setting it again re-enables it in that state,
         software-disabled.
         """
