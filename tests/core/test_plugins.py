@@ -76,7 +76,8 @@ def test_empty_allow_list_loads_only_the_core(dists, monkeypatch):
     monkeypatch.setenv("MIGTREE_LOAD_PLUGINS", "")
     reg = load_registry(eps=dists.entry_points())
     assert loaded(reg) == ["migtree"]
-    assert sorted(t.name for t in reg.types) == ["container", "device", "guest-memory", "machine", "object"]
+    assert sorted(t.name for t in reg.types) == [
+        "container", "device", "guest-memory", "machine", "object"]
 
 
 def test_deny_list_skips_and_blocks(dists, monkeypatch):

@@ -178,7 +178,8 @@ def test_every_installed_plugin_is_listed_and_failures_are_named(plugin_venv):
 
     core = plugins["migtree"]
     assert core["error"] is None and core["entry_points"] == {"core": "migtree.builtin"}
-    assert {t["name"] for t in core["types"]} == {"object", "device", "container", "guest-memory", "machine"}
+    assert {t["name"] for t in core["types"]} == {
+        "object", "device", "container", "guest-memory", "machine"}
 
     broken = plugins["migtree-fixture-broken"]["error"]
     assert broken.startswith("migtree-fixture-broken: failed to import mtfix_broken.plugin "
