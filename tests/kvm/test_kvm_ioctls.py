@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import errno
 import functools
 import gc
 import os
@@ -19,11 +20,20 @@ from kvm_helpers import masked, requires_kvm
 from migtree_kvm import ioctls
 from migtree_kvm.ioctls import (
     KVM_CAP_IRQCHIP,
+    KVM_CAP_MP_STATE,
     KVM_CAP_SIGNAL_MSI,
+    KVM_MP_STATE_AP_RESET_HOLD,
+    KVM_MP_STATE_HALTED,
+    KVM_MP_STATE_INIT_RECEIVED,
+    KVM_MP_STATE_RUNNABLE,
+    KVM_MP_STATE_SIPI_RECEIVED,
+    KVM_MP_STATE_STOPPED,
+    KVM_MP_STATE_UNINITIALIZED,
     MSR_IA32_APICBASE,
     Kvm,
     KvmError,
     KvmLapicState,
+    KvmMpState,
     KvmMsi,
     KvmMsrEntry,
     KvmMsrs,
@@ -45,6 +55,8 @@ EXPECTED_REQUESTS = {
     "KVM_GET_LAPIC": 0x8400AE8E,
     "KVM_SET_LAPIC": 0x4400AE8F,
     "KVM_SIGNAL_MSI": 0x4020AEA5,
+    "KVM_GET_MP_STATE": 0x8004AE98,
+    "KVM_SET_MP_STATE": 0x4004AE99,
 }
 
 
@@ -66,6 +78,7 @@ def test_struct_sizes_match_linux_kvm_h():
     assert ctypes.sizeof(KvmMsrs) == 8
     assert ctypes.sizeof(KvmMsi) == 32
     assert KvmMsrEntry.data.offset == 8
+    assert ctypes.sizeof(KvmMpState) == 4
 
 
 @pytest.mark.skipif(
@@ -338,3 +351,36 @@ def test_signal_msi_sets_irr_and_tmr_in_the_kernel(vm, vcpu):
 def test_msi_to_a_software_disabled_lapic_is_blocked(vm, vcpu):
     assert vm.signal_msi(0xFEE0_0000, 0x41) == 0
     assert vcpu.get_lapic()[0x200:0x280] == bytes(0x80)
+
+
+@requires_kvm
+def test_mp_state_of_new_vcpus_and_set_get(kvm, vm):
+    """With the in-kernel irqchip the BSP starts runnable and an application
+    processor UNINITIALIZED (waiting for INIT/SIPI); the x86 states set are
+    read back."""
+    assert kvm.check_extension(KVM_CAP_MP_STATE)
+    bsp, ap = vm.create_vcpu(0), vm.create_vcpu(1)
+    assert bsp.get_mp_state() == KVM_MP_STATE_RUNNABLE
+    assert ap.get_mp_state() == KVM_MP_STATE_UNINITIALIZED
+    for value in (KVM_MP_STATE_INIT_RECEIVED, KVM_MP_STATE_HALTED, KVM_MP_STATE_AP_RESET_HOLD,
+                  KVM_MP_STATE_UNINITIALIZED, KVM_MP_STATE_RUNNABLE):
+        ap.set_mp_state(value)
+        assert ap.get_mp_state() == value
+    # SIPI_RECEIVED is accepted as INIT_RECEIVED plus a pending SIPI, which the
+    # kernel processes on the next read: the vCPU starts
+    ap.set_mp_state(KVM_MP_STATE_INIT_RECEIVED)
+    ap.set_mp_state(KVM_MP_STATE_SIPI_RECEIVED)
+    assert ap.get_mp_state() == KVM_MP_STATE_RUNNABLE
+
+
+@requires_kvm
+def test_mp_state_refusals_name_the_ioctl_and_the_state(vcpu):
+    with pytest.raises(KvmError, match=r"KVM_SET_MP_STATE failed: \[Errno 22\] Invalid argument "
+                                       r"\(mp_state STOPPED\)") as exc:
+        vcpu.set_mp_state(KVM_MP_STATE_STOPPED)  # s390's
+    assert exc.value.errno == errno.EINVAL
+    with pytest.raises(KvmError, match=r"\(mp_state 4096\)"):
+        vcpu.set_mp_state(4096)
+    with pytest.raises(ValueError, match="u32"):
+        vcpu.set_mp_state(-1)
+    assert vcpu.get_mp_state() == KVM_MP_STATE_RUNNABLE  # unchanged

@@ -51,6 +51,8 @@ __all__ = [
     "KvmLapicState",
     "KvmMsrEntry",
     "KvmMsi",
+    "KvmMpState",
+    "MP_STATE_NAMES",
     "Kvm",
     "Vm",
     "Vcpu",
@@ -170,6 +172,35 @@ class KvmMsi(ctypes.Structure):
     ]
 
 
+class KvmMpState(ctypes.Structure):
+    """``struct kvm_mp_state`` (<linux/kvm.h>): ``__u32 mp_state``."""
+
+    _fields_ = [("mp_state", ctypes.c_uint32)]
+
+
+# ``mp_state`` values (<linux/kvm.h>, "for KVM_SET_MP_STATE"); the x86 ones
+# are RUNNABLE, UNINITIALIZED, INIT_RECEIVED, HALTED, SIPI_RECEIVED and
+# AP_RESET_HOLD, the others belong to s390 and RISC-V
+KVM_MP_STATE_RUNNABLE = 0
+KVM_MP_STATE_UNINITIALIZED = 1
+KVM_MP_STATE_INIT_RECEIVED = 2
+KVM_MP_STATE_HALTED = 3
+KVM_MP_STATE_SIPI_RECEIVED = 4
+KVM_MP_STATE_STOPPED = 5
+KVM_MP_STATE_CHECK_STOP = 6
+KVM_MP_STATE_OPERATING = 7
+KVM_MP_STATE_LOAD = 8
+KVM_MP_STATE_AP_RESET_HOLD = 9
+KVM_MP_STATE_SUSPENDED = 10
+
+#: ``mp_state`` value -> its name without the ``KVM_MP_STATE_`` prefix
+MP_STATE_NAMES = {
+    value: name.removeprefix("KVM_MP_STATE_")
+    for name, value in dict(globals()).items()
+    if name.startswith("KVM_MP_STATE_")
+}
+
+
 # --- request numbers (<linux/kvm.h>) ------------------------------------------
 
 # system ioctls (on the /dev/kvm fd)
@@ -186,10 +217,13 @@ KVM_GET_MSRS = _IOWR(KVMIO, 0x88, KvmMsrs)
 KVM_SET_MSRS = _IOW(KVMIO, 0x89, KvmMsrs)
 KVM_GET_LAPIC = _IOR(KVMIO, 0x8E, KvmLapicState)
 KVM_SET_LAPIC = _IOW(KVMIO, 0x8F, KvmLapicState)
+KVM_GET_MP_STATE = _IOR(KVMIO, 0x98, KvmMpState)
+KVM_SET_MP_STATE = _IOW(KVMIO, 0x99, KvmMpState)
 
 # capabilities for KVM_CHECK_EXTENSION (<linux/kvm.h>)
 KVM_CAP_IRQCHIP = 0
 KVM_CAP_NR_VCPUS = 9
+KVM_CAP_MP_STATE = 14
 KVM_CAP_MAX_VCPUS = 66
 KVM_CAP_TSC_DEADLINE_TIMER = 72
 KVM_CAP_SIGNAL_MSI = 77
@@ -240,20 +274,23 @@ class KvmError(MigtreeError, OSError):
 # --- fd ownership ------------------------------------------------------------
 
 
-def _ioctl(fd: int, name: str, request: int, arg: int | ctypes.Structure = 0) -> int:
+def _ioctl(
+    fd: int, name: str, request: int, arg: int | ctypes.Structure = 0, *,
+    detail: str | None = None,
+) -> int:
     """Run one ioctl and return its non-negative result; raise :class:`KvmError`.
 
     A closed object's fd is -1; the kernel would answer ``EBADF`` for it, so
     that is raised here without the call (Python refuses negative fds).
     """
     if fd < 0:
-        raise KvmError(name, errno.EBADF)
+        raise KvmError(name, errno.EBADF, detail)
     try:
         if isinstance(arg, int):
             return fcntl.ioctl(fd, request, arg)
         return fcntl.ioctl(fd, request, arg, True)
     except OSError as exc:
-        raise KvmError(name, exc.errno) from None
+        raise KvmError(name, exc.errno, detail) from None
 
 
 class _Fd:
@@ -415,6 +452,30 @@ class Vcpu(_Fd):
         state = KvmLapicState()
         ctypes.memmove(state.regs, bytes(page), KVM_APIC_REG_SIZE)
         _ioctl(self._fd, "KVM_SET_LAPIC", KVM_SET_LAPIC, state)
+
+    def get_mp_state(self) -> int:
+        """``KVM_GET_MP_STATE``: the vCPU's multiprocessing state.
+
+        With the in-kernel irqchip a new vCPU is ``KVM_MP_STATE_RUNNABLE``
+        if it is the BSP, else ``KVM_MP_STATE_UNINITIALIZED`` (waiting for
+        INIT/SIPI); an INIT makes an AP ``KVM_MP_STATE_INIT_RECEIVED``. The
+        kernel first processes the INIT/SIPI events pending for the vCPU.
+        """
+        state = KvmMpState()
+        _ioctl(self._fd, "KVM_GET_MP_STATE", KVM_GET_MP_STATE, state)
+        return state.mp_state
+
+    def set_mp_state(self, mp_state: int) -> None:
+        """``KVM_SET_MP_STATE``: set the vCPU's multiprocessing state.
+
+        :raises KvmError: the kernel refused the value (``EINVAL``: not an x86
+            state, or one it does not allow now).
+        """
+        if type(mp_state) is not int or not 0 <= mp_state <= 0xFFFFFFFF:
+            raise ValueError(f"mp_state must be a u32, not {mp_state!r}")
+        state = KvmMpState(mp_state=mp_state)
+        _ioctl(self._fd, "KVM_SET_MP_STATE", KVM_SET_MP_STATE, state,
+               detail=f"mp_state {MP_STATE_NAMES.get(mp_state, mp_state)}")
 
     def get_msrs(self, indices: Iterable[int]) -> dict[int, int]:
         """``KVM_GET_MSRS``: read MSRs by index.
