@@ -13,6 +13,7 @@ import copy
 
 import pytest
 from hypothesis import given
+from hypothesis import strategies as st
 from kvm_helpers import (
     apic_states,
     carried,
@@ -42,6 +43,12 @@ from migtree_kvm.filters import (
     PAIR,
     apic_to_kvm_apic,
     kvm_apic_to_apic,
+)
+from migtree_kvm.ioctls import (
+    KVM_MP_STATE_HALTED,
+    KVM_MP_STATE_INIT_RECEIVED,
+    KVM_MP_STATE_RUNNABLE,
+    KVM_MP_STATE_UNINITIALIZED,
 )
 from migtree_kvm.lapic_map import (
     apic_state_to_page,
@@ -132,9 +139,14 @@ def test_kvm_apic_state_is_the_page_and_the_msr():
     assert schema_of(KvmApicState, 1) == [
         {"name": "regs", "kind": "bytes", "length": 1024},
         {"name": "apicbase", "kind": "u64"},
+        {"name": "mp_state", "kind": "optional", "inner": {"kind": "u32"}},
     ]
     state = KvmApicState()
     assert state.regs == RESET_PAGE and state.apicbase == 0xFEE0_0900
+    assert state.mp_state is None  # runnable: the part is not written
+    assert "mp_state" not in state_to_node(KvmApicState, state, 1)
+    # a kvm-apic@1 node written before the part existed still loads
+    assert node_to_state(KvmApicState, kvm_node(RESET_PAGE, 0xFEE0_0900), 1) == state
     node = state_to_node(KvmApicState, state, 1)
     assert node_to_state(KvmApicState, node, 1) == state
     fields = page_to_apic_state(RESET_PAGE, 0xFEE0_0900)
@@ -153,36 +165,56 @@ def test_kvm_backend_needs_x86_cpu():
 # --- the filters, no kernel --------------------------------------------------------
 
 
-def kvm_node(regs: bytes, apicbase: int) -> dict:
-    return {"__type__": "kvm-apic", "__version__": 1, "regs": regs, "apicbase": apicbase}
+def kvm_node(regs: bytes, apicbase: int, mp_state: int | None = None) -> dict:
+    node = {"__type__": "kvm-apic", "__version__": 1, "regs": regs, "apicbase": apicbase}
+    if mp_state is not None:
+        node["mp_state"] = mp_state
+    return node
+
+
+#: an optional ``sipi`` part: absent, what INIT leaves, a vector received,
+#: not waiting
+sipi_parts = st.one_of(
+    st.none(),
+    st.just({"sipi_vector": 0, "wait_for_sipi": 1}),
+    st.fixed_dictionaries({"sipi_vector": st.integers(0, 255),
+                           "wait_for_sipi": st.integers(-(2**31), 2**31 - 1)}),
+)
+#: an optional ``mp_state`` part: absent, any x86 MP state, any u32
+mp_states = st.one_of(st.none(), st.sampled_from([0, 1, 2, 3, 4, 9]), st.integers(0, 2**32 - 1))
+
+
+def with_sipi(fields: dict, sipi: dict | None) -> dict:
+    return fields if sipi is None else {**fields, "sipi": sipi}
 
 
 def apic_node(fields: dict) -> dict:
     return {"__type__": "apic", "__version__": 3, **fields}
 
 
-@given(apic_states())
-def test_apic_to_kvm_to_apic_is_the_identity(fields):
-    node = apic_node(copy.deepcopy(fields))
+@given(apic_states(), sipi_parts)
+def test_apic_to_kvm_to_apic_is_the_identity(fields, sipi):
+    node = apic_node(copy.deepcopy(with_sipi(fields, sipi)))
     back = kvm_apic_to_apic(apic_to_kvm_apic(node))
-    assert back == apic_node(fields)  # the stash was consumed
+    assert back == apic_node(with_sipi(fields, sipi))  # the stash was consumed
 
 
-@given(apic_states(apicbase=xapic_bases))
-def test_filtered_apic_node_fits_the_apic_v3_schema(fields):
+@given(apic_states(apicbase=xapic_bases), mp_states)
+def test_filtered_apic_node_fits_the_apic_v3_schema(fields, mp_state):
     regs, base = apic_state_to_page(fields)
-    node = kvm_apic_to_apic(kvm_node(regs, base))
+    node = kvm_apic_to_apic(kvm_node(regs, base, mp_state))
     state = node_to_state(ApicState, node, 3, LAPIC0)
     assert state_to_node(ApicState, state, 3) == own_fields(node)
 
 
-def test_kvm_to_apic_to_kvm_is_the_identity_for_any_page():
+@given(mp_states)
+def test_kvm_to_apic_to_kvm_is_the_identity_for_any_page(mp_state):
     for seed in range(16):
         regs = bytes((seed * 97 + i * 13 + (i >> 5)) & 0xFF for i in range(1024))
-        node = kvm_node(regs, 0xFEE0_0900)
+        node = kvm_node(regs, 0xFEE0_0900, mp_state)
         back = apic_to_kvm_apic(kvm_apic_to_apic(node))
         assert (back["regs"], back["apicbase"]) == (regs, 0xFEE0_0900)
-        assert own_fields(back) == own_fields(kvm_node(regs, 0xFEE0_0900))
+        assert own_fields(back) == own_fields(kvm_node(regs, 0xFEE0_0900, mp_state))
 
 
 def test_forward_stashes_only_what_backward_would_not_rewrite():
@@ -387,17 +419,87 @@ def apic_fields(state) -> dict:
     return {k: v for k, v in attrs.asdict(state).items() if k != "sipi"}
 
 
-def test_an_application_processor_waiting_for_sipi_is_not_carried_into_the_kernel():
-    """KVM keeps wait-for-SIPI in the vCPU's MP state; QEMU's kvm-apic never
-    writes the subsection. The stash keeps it for the way back."""
+WAITING = {"sipi_vector": 0, "wait_for_sipi": 1}
+
+
+@pytest.mark.parametrize(("mp_state", "sipi", "stashed"), [
+    (None, None, None),  # runnable
+    (0, None, 0),  # runnable, written explicitly
+    (1, WAITING, 1),  # UNINITIALIZED: a new AP; backward gives INIT_RECEIVED
+    (2, WAITING, None),  # INIT_RECEIVED
+    (3, None, 3),  # HALTED: the apic model has no halted CPU
+])
+def test_the_mp_state_becomes_the_sipi_part(mp_state, sipi, stashed):
+    """KVM keeps wait-for-SIPI in the vCPU's MP state: forward turns the two
+    waiting states into QEMU's apic_sipi subsection, as apic_init_reset
+    leaves it, and stashes what backward would not give back."""
+    out = kvm_apic_to_apic(kvm_node(RESET_PAGE, 0xFEE0_0800, mp_state))
+    assert out.get("sipi") == sipi
+    assert out.get("__stash__", {}).get(PAIR, {}).get("mp_state") == stashed
+
+
+@pytest.mark.parametrize(("sipi", "mp_state", "stashed"), [
+    (None, None, False),
+    (WAITING, 2, False),  # INIT_RECEIVED: the kernel then takes a SIPI
+    ({"sipi_vector": 0x9A, "wait_for_sipi": 1}, 2, True),  # the vector stays outside
+    ({"sipi_vector": 0, "wait_for_sipi": 0}, None, True),  # not waiting: runnable
+])
+def test_the_sipi_part_becomes_the_mp_state(sipi, mp_state, stashed):
     fields = page_to_apic_state(RESET_PAGE, 0xFEE0_0800)
-    node = apic_node({**fields, "sipi": {"sipi_vector": 0, "wait_for_sipi": 1}})
-    out = apic_to_kvm_apic(node)
-    assert set(own_fields(out)) == {"regs", "apicbase"}
-    assert out["__stash__"][PAIR]["sipi"] == {"sipi_vector": 0, "wait_for_sipi": 1}
-    back = kvm_apic_to_apic(out)
-    assert back["sipi"] == {"sipi_vector": 0, "wait_for_sipi": 1}
-    assert "sipi" not in kvm_apic_to_apic(kvm_node(RESET_PAGE, 0xFEE0_0800))
+    out = apic_to_kvm_apic(apic_node(with_sipi(fields, sipi)))
+    assert out.get("mp_state") == mp_state
+    assert ("sipi" in out["__stash__"][PAIR]) == stashed
+    through_kernel = {k: v for k, v in copy.deepcopy(out).items() if k != "__stash__"}
+    assert kvm_apic_to_apic(out).get("sipi") == sipi
+    # through a kernel (no stash), the waiting is what survives
+    assert kvm_apic_to_apic(through_kernel).get("sipi") == (WAITING if mp_state else None)
+
+
+def test_mp_state_and_sipi_parts_that_do_not_fit_are_refused():
+    with pytest.raises(Exception, match="mp_state: expected a u32, got -1"):
+        kvm_apic_to_apic(kvm_node(RESET_PAGE, 0xFEE0_0800, -1))
+    fields = page_to_apic_state(RESET_PAGE, 0xFEE0_0800)
+    with pytest.raises(Exception, match="sipi: expected"):
+        apic_to_kvm_apic(apic_node({**fields, "sipi": 7}))
+
+
+@requires_kvm
+def test_waiting_application_processors_migrate_both_ways(kvm_build, kvm_build2, user_build):
+    """vCPU 1 of a new KVM VM is UNINITIALIZED: it arrives in the userspace
+    model waiting for SIPI, exactly like a userspace AP after reset; a
+    userspace AP waiting for SIPI arrives in the kernel as INIT_RECEIVED."""
+    assert lapic(kvm_build, LAPIC1).vcpu.get_mp_state() == KVM_MP_STATE_UNINITIALIZED
+    assert lapic(kvm_build, LAPIC1).state.mp_state == KVM_MP_STATE_UNINITIALIZED
+    assert lapic(kvm_build).state.mp_state is None  # the BSP runs
+    fresh = load_build({"name": "ref", "machine": {"backend": "userspace", "cpus": 2}},
+                       user_build.registry)
+    migrate(kvm_build, user_build)
+    for path in (LAPIC0, LAPIC1):
+        assert lapic(user_build, path).state.sipi == lapic(fresh, path).state.sipi
+    assert lapic(user_build, LAPIC1).state.sipi.wait_for_sipi == 1
+
+    migrate(user_build, kvm_build2)
+    assert lapic(kvm_build2, LAPIC1).vcpu.get_mp_state() == KVM_MP_STATE_INIT_RECEIVED
+    assert lapic(kvm_build2).vcpu.get_mp_state() == KVM_MP_STATE_RUNNABLE
+    # and the AP, now started, runs after the way back
+    lapic(user_build, LAPIC1).state.sipi = None
+    migrate(user_build, kvm_build2)
+    assert lapic(kvm_build2, LAPIC1).vcpu.get_mp_state() == KVM_MP_STATE_RUNNABLE
+
+
+@requires_kvm
+def test_a_halted_vcpu_survives_kvm_to_apic_to_kvm_through_the_stash(kvm_build, kvm_build2,
+                                                                    user_build):
+    lapic(kvm_build).vcpu.set_mp_state(KVM_MP_STATE_HALTED)
+    tree = save_tree(kvm_build.root)
+    assert get_node(tree, LAPIC0)["mp_state"] == KVM_MP_STATE_HALTED
+    filters = engine.gather_filters(kvm_build.registry)
+    engine.apply_filters(tree, user_build, filters)
+    assert "sipi" not in get_node(tree, LAPIC0)
+    engine.apply_filters(tree, kvm_build2, filters)
+    load_tree(tree, kvm_build2.root)
+    assert lapic(kvm_build2).vcpu.get_mp_state() == KVM_MP_STATE_HALTED
+    assert lapic(kvm_build2, LAPIC1).vcpu.get_mp_state() == KVM_MP_STATE_UNINITIALIZED
 
 
 @requires_kvm
@@ -420,7 +522,7 @@ def test_userspace_apic_to_kvm(kvm_build, user_build):
         LAPIC0: [(dyn(BACKWARD, 0), "dynamic")],
         LAPIC1: [(dyn(BACKWARD, 1), "dynamic")],
     }
-    # dropped on the way in: the timer phase (and vCPU 1's wait for SIPI)
+    # dropped on the way in: the timer phase
     assert loaded.stashed == [LAPIC0, LAPIC1]
 
     vcpu = lapic(kvm_build).vcpu

@@ -6,8 +6,14 @@ MSR. Realized by the ``kvm`` backend it is backed by a real vCPU:
 ``pre_save`` reads the kernel (``KVM_GET_MSRS``, ``KVM_GET_LAPIC``) and
 ``post_load`` writes it back (``KVM_SET_MSRS``, then ``KVM_SET_LAPIC``, the
 order QEMU's ``kvm_apic_put`` uses: the page is interpreted in the mode the
-MSR selects). Without a vCPU (a build on another backend, a test) it is
-plain state.
+MSR selects). The vCPU's MP state (``KVM_GET_MP_STATE``/``KVM_SET_MP_STATE``)
+travels with it, as an optional part in the manner of a QEMU subsection:
+present only when the vCPU is not runnable, which is where KVM keeps "this
+application processor waits for a start-up IPI". (QEMU migrates it with the
+CPU, ``env.mp_state``; here ``x86-cpu`` is stateless, so the LAPIC carries
+it; a ``kvm-apic@1`` stream written before the part existed loads as
+runnable.) Without a vCPU (a build on another backend, a test) it is plain
+state.
 
 The filters in :mod:`migtree_kvm.filters` turn this state into QEMU's
 ``apic`` VMState v3 and back.
@@ -17,10 +23,10 @@ from __future__ import annotations
 
 import attrs
 
-from migtree.fields import bytes_, u64
+from migtree.fields import U32, bytes_, optional, u64
 from migtree.qom import Device
 
-from .ioctls import KVM_APIC_REG_SIZE, Vcpu
+from .ioctls import KVM_APIC_REG_SIZE, KVM_MP_STATE_RUNNABLE, Vcpu
 from .lapic_map import APIC_FIELDS, apic_state_to_page
 
 #: IA32_APIC_BASE after reset for the BSP: base 0xfee00000, enabled, BSP
@@ -54,6 +60,12 @@ class KvmApicState:
         doc="struct kvm_lapic_state: the register page, register N at byte N << 4",
     )
     apicbase: int = u64(default=RESET_APICBASE, doc="the IA32_APIC_BASE MSR (0x1b)")
+    mp_state: int | None = optional(
+        U32,
+        doc="struct kvm_mp_state (KVM_GET_MP_STATE), written only when the vCPU is not "
+        "KVM_MP_STATE_RUNNABLE: an application processor waiting for INIT/SIPI "
+        "(UNINITIALIZED, INIT_RECEIVED), a halted one...; absent means runnable",
+    )
 
 
 class KvmApic(Device):
@@ -83,8 +95,12 @@ class KvmApic(Device):
         if self.vcpu is not None:
             self.state.apicbase = self.vcpu.get_apic_base()
             self.state.regs = self.vcpu.get_lapic()
+            mp_state = self.vcpu.get_mp_state()
+            self.state.mp_state = None if mp_state == KVM_MP_STATE_RUNNABLE else mp_state
 
     def post_load(self) -> None:
         if self.vcpu is not None:
             self.vcpu.set_apic_base(self.state.apicbase)
             self.vcpu.set_lapic(self.state.regs)
+            mp_state = self.state.mp_state
+            self.vcpu.set_mp_state(KVM_MP_STATE_RUNNABLE if mp_state is None else mp_state)

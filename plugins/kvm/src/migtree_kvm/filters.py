@@ -21,12 +21,30 @@ other direction would not reproduce, and consumes it when it is there:
   page does not carry (``arb_id``, ``next_time``, ``timer_expiry``, a
   ``count_shift`` that disagrees with ``divide_conf``) when forward, given
   that load time back, would not compute the same values; and the optional
-  ``sipi`` part (QEMU's ``apic_sipi`` subsection). Forward restores them.
+  ``sipi`` part when forward would not derive the same one from the MP
+  state. Forward restores them;
+- forward keeps ``mp_state`` when backward would not derive the same one
+  from ``sipi`` (``UNINITIALIZED``, ``HALTED``, an explicit ``RUNNABLE``...).
 
-``sipi`` is never carried into the kernel: KVM keeps "waiting for a start-up
-IPI" in the vCPU's MP state, not in the LAPIC, and QEMU's ``kvm-apic`` never
-writes the subsection (its ``wait_for_sipi`` stays 0), so forward produces
-none either.
+**Waiting for a start-up IPI.** KVM keeps it in the vCPU's MP state, not
+in the LAPIC page; ``kvm-apic`` carries that as its optional ``mp_state``
+(absent: runnable). The two map onto ``apic@3``'s optional ``sipi`` part
+(QEMU's ``apic_sipi`` subsection) both ways:
+
+- forward: ``KVM_MP_STATE_UNINITIALIZED`` or ``KVM_MP_STATE_INIT_RECEIVED``
+  (an application processor waiting for INIT/SIPI) become
+  ``sipi = {sipi_vector: 0, wait_for_sipi: 1}``, what QEMU's
+  ``apic_init_reset`` leaves; every other MP state (runnable, halted...)
+  none, as the ``apic`` model has no halted CPU;
+- backward: a ``sipi`` part with ``wait_for_sipi`` set becomes
+  ``KVM_MP_STATE_INIT_RECEIVED`` (the state in which the kernel accepts a
+  start-up IPI, as the model does); none, or ``wait_for_sipi`` 0, runnable.
+
+Through a kernel, then, ``UNINITIALIZED`` comes back as ``INIT_RECEIVED``
+(both wait; the kernel's first state also wants an INIT before the SIPI), a
+halted vCPU as runnable, and a start-up vector received but not yet taken
+(``sipi_vector``) is lost -- KVM keeps that outside the page and the MP state
+too. Inside one tree the stash keeps each of them.
 
 A stash only lives in a tree being filtered: state that went through a
 build (a kernel or a userspace model) comes back without one, and then the
@@ -49,6 +67,7 @@ from typing import Any
 from migtree.errors import FilterError
 from migtree.filters import Filter, FilterPair
 
+from .ioctls import KVM_MP_STATE_INIT_RECEIVED, KVM_MP_STATE_UNINITIALIZED
 from .lapic_map import (
     APIC_FIELDS,
     LapicMappingError,
@@ -69,6 +88,20 @@ _APIC_OPTIONAL = ("sipi",)
 _STATE_KEYS = ("regs", "apicbase")
 _RESERVED = ("__type__", "__version__")
 _COVERED = covered_mask()
+#: MP states in which a vCPU waits for INIT/SIPI: apic@3's ``sipi`` part
+_WAITING = (KVM_MP_STATE_UNINITIALIZED, KVM_MP_STATE_INIT_RECEIVED)
+#: what QEMU's apic_init_reset leaves in the ``sipi`` part of a waiting AP
+_SIPI_WAITING = {"sipi_vector": 0, "wait_for_sipi": 1}
+
+
+def _sipi_of(mp_state: int | None) -> dict[str, int] | None:
+    """Forward: the ``sipi`` part for a vCPU in ``mp_state``."""
+    return dict(_SIPI_WAITING) if mp_state in _WAITING else None
+
+
+def _mp_state_of(sipi: dict[str, Any] | None) -> int | None:
+    """Backward: the MP state for an ``apic@3`` ``sipi`` part (None: runnable)."""
+    return KVM_MP_STATE_INIT_RECEIVED if sipi is not None and sipi["wait_for_sipi"] else None
 
 
 def _where(ctx: Any) -> str:
@@ -131,6 +164,9 @@ def kvm_apic_to_apic(node: dict[str, Any], ctx: Any = None, *, now_ns: int = 0) 
     regs = native["regs"]
     if type(regs) is not bytes or len(regs) != 1024:
         raise FilterError(f"{_where(ctx)}: regs: expected 1024 bytes, got {regs!r:.40}")
+    mp_state = node.pop("mp_state", None)
+    if mp_state is not None and (type(mp_state) is not int or not 0 <= mp_state <= 0xFFFFFFFF):
+        raise FilterError(f"{_where(ctx)}: mp_state: expected a u32, got {mp_state!r:.40}")
     stash = _take_stash(node)
     if ctx is not None and getattr(ctx, "source_clock_ns", None) is not None:
         clock = ctx.source_clock_ns()
@@ -141,15 +177,25 @@ def kvm_apic_to_apic(node: dict[str, Any], ctx: Any = None, *, now_ns: int = 0) 
         )
     except LapicMappingError as e:
         raise FilterError(f"{_where(ctx)}: {e}") from None
+    sipi = _sipi_of(mp_state)
+    if sipi is not None:
+        fields["sipi"] = sipi
     fields.update(stash)
     page_again = apic_state_to_page({k: fields[k] for k in _FIELD_NAMES})[0]
-    return _rebuild(node, "apic", 3, fields, {"regs": regs} if page_again != regs else None)
+    kept: dict[str, Any] = {"regs": regs} if page_again != regs else {}
+    if _mp_state_of(sipi) != mp_state:
+        kept["mp_state"] = mp_state
+    return _rebuild(node, "apic", 3, fields, kept)
 
 
 def apic_to_kvm_apic(node: dict[str, Any], ctx: Any = None) -> dict[str, Any]:
     """Rewrite an ``apic@3`` node into a ``kvm-apic@1`` node, in place."""
     fields = _take(node, _FIELD_NAMES, ctx)
     optional = _take(node, [k for k in _APIC_OPTIONAL if k in node], ctx)
+    sipi = optional.get("sipi")
+    if sipi is not None and (type(sipi) is not dict or "wait_for_sipi" not in sipi):
+        raise FilterError(f"{_where(ctx)}: sipi: expected {{sipi_vector, wait_for_sipi}}, "
+                          f"got {sipi!r:.60}")
     stash = _take_stash(node)
     try:
         regs, apicbase = apic_state_to_page(fields)
@@ -162,8 +208,16 @@ def apic_to_kvm_apic(node: dict[str, Any], ctx: Any = None) -> dict[str, Any]:
     load_time = fields["initial_count_load_time"]
     again = page_to_apic_state(regs, apicbase, now_ns=load_time)
     lost = {k: v for k, v in fields.items() if again[k] != v}
-    kept = {"initial_count_load_time": load_time, **lost, **optional}
-    return _rebuild(node, "kvm-apic", 1, {"regs": regs, "apicbase": apicbase}, kept)
+    kept = {"initial_count_load_time": load_time, **lost}
+    mp_state = _mp_state_of(sipi)
+    if "mp_state" in stash and (stash["mp_state"] in _WAITING) == (mp_state is not None):
+        mp_state = stash["mp_state"]  # what forward came from, if it still fits
+    if _sipi_of(mp_state) != sipi:
+        kept["sipi"] = sipi
+    native: dict[str, Any] = {"regs": regs, "apicbase": apicbase}
+    if mp_state is not None:
+        native["mp_state"] = mp_state
+    return _rebuild(node, "kvm-apic", 1, native, kept)
 
 
 def make_forward(*, name: str = FORWARD, **kw: Any) -> Filter:
