@@ -64,14 +64,7 @@ def test_examples_kvm_to_userspace(short_tmp, via):
         app = chains[f"/machine/unattached/device[{cpu}]/lapic"]
         assert (app["before"], app["after"], app["kind"]) == ("kvm-apic@1", "apic@3", "dynamic")
     state = doc["verification"]["state"]
-    if not state["match"]:
-        shutil.rmtree(doc["scratch"], ignore_errors=True)
-        known = [d for d in state["differences"]
-                 if d.startswith("/machine/unattached/device[") and "/lapic" in d]
-        assert known == state["differences"], state["differences"]
-        pytest.xfail("device state differs only in the local APICs, where the userspace "
-                     "model and KVM disagree (reported to the apic and kvm plugins): "
-                     + "; ".join(state["differences"]))
+    assert state["match"], state["differences"]
     assert doc["ok"]
 
 
