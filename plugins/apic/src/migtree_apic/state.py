@@ -144,30 +144,11 @@ def _interleaved():
 
 
 @attrs.define
-class ApicStateV1:
-    """QEMU's ``apic`` version 1 (hand-written ``apic_save``, no timer)."""
-
-    apicbase: int = u32(default=APIC_DEFAULT_ADDRESS | APICBASE_ENABLE | APICBASE_BSP)
-    id: int = u8()
-    arb_id: int = u8()
-    tpr: int = u8()
-    spurious_vec: int = u32(default=0xFF)
-    log_dest: int = u8()
-    dest_mode: int = u8(default=0xF)
-    isr_tmr_irr: list[IsrTmrIrrWord] = _interleaved()
-    lvt: list[int] = u32_array(APIC_LVT_NB)
-    esr: int = u32()
-    icr: list[int] = u32_array(2)
-    divide_conf: int = u32()
-    count_shift: int = i32(default=1)
-    initial_count: int = u32()
-    initial_count_load_time: int = i64()
-    next_time: int = i64()
-
-
-@attrs.define
 class ApicStateV2:
-    """QEMU's ``apic`` version 2: version 1 plus ``qemu_put_timer(f, s->timer)``."""
+    """QEMU's hand-written ``apic_save`` layouts: version 1 has no timer,
+    version 2 adds ``qemu_put_timer(f, s->timer)`` (``since=2``). One class
+    serves both, as QEMU's own ``_V`` fields do; :data:`ApicStateV1` names it
+    for version 1."""
 
     apicbase: int = u32(default=APIC_DEFAULT_ADDRESS | APICBASE_ENABLE | APICBASE_BSP)
     id: int = u8()
@@ -185,7 +166,12 @@ class ApicStateV2:
     initial_count: int = u32()
     initial_count_load_time: int = i64()
     next_time: int = i64()
-    timer: int = i64(default=-1, doc="pending expiry (ns), -1 when none (qemu_put_timer)")
+    timer: int = i64(default=-1, since=2,
+                     doc="pending expiry (ns), -1 when none (qemu_put_timer)")
+
+
+#: version 1 is version 2 without ``timer`` (the visitors skip ``since=2``)
+ApicStateV1 = ApicStateV2
 
 
 #: schema version -> field names in the order QEMU writes them
