@@ -330,6 +330,24 @@ def test_qemu_reports_what_we_decoded_and_the_guest_goes_on(linux_stream, stream
         vm.stop()
 
 
+def test_an_edit_that_changes_the_fields_size_is_described_again(linux_stream):
+    """A request added to the in-flight list makes the 'virtio' field 49,169
+    bytes longer; the stream's description (vmdesc) follows and the stream
+    reads back with the request."""
+    cfg, path = linux_stream
+    fmt = qemu_format()
+    header, tree = fmt.read(path)
+    _, node = virtio_node(tree)
+    req = {"queue": 0, "index": 3, "out_sg": [{"addr": 0x1000, "len": 16}],
+           "in_sg": [{"addr": 0x2000, "len": 1}]}
+    node["virtio-backend"]["inflight"].append(req)
+    out = io.BytesIO()
+    fmt.write(out, header, tree)
+    assert len(out.getvalue()) - path.stat().st_size == 1 + vq.ELEMENT_SIZE
+    _, again = fmt.read(io.BytesIO(out.getvalue()))
+    assert virtio_node(again)[1]["virtio-backend"]["inflight"] == [req]
+
+
 # ---------------------------------------------------------------------------
 # through our own layout (the filter pair)
 
