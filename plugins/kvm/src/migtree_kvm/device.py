@@ -27,7 +27,7 @@ from migtree.fields import U32, bytes_, optional, u64
 from migtree.qom import Device
 
 from .ioctls import KVM_APIC_REG_SIZE, KVM_MP_STATE_RUNNABLE, Vcpu
-from .lapic_map import APIC_FIELDS, apic_state_to_page
+from .lapic_map import APIC_FIELDS, apic_state_to_page, covered_mask, page_to_apic_state
 
 #: IA32_APIC_BASE after reset for the BSP: base 0xfee00000, enabled, BSP
 RESET_APICBASE = 0xFEE0_0900
@@ -104,3 +104,23 @@ class KvmApic(Device):
             self.vcpu.set_lapic(self.state.regs)
             mp_state = self.state.mp_state
             self.vcpu.set_mp_state(KVM_MP_STATE_RUNNABLE if mp_state is None else mp_state)
+
+    # -- the APIC's architectural state as QEMU's apic fields (for workloads) --
+    def get_apic_fields(self) -> dict:
+        """What the kernel holds now, as ``apic`` v3 fields (the timer taken
+        as loaded at virtual time 0: the page does not carry its phase)."""
+        self.pre_save()
+        return page_to_apic_state(self.state.regs, self.state.apicbase)
+
+    def set_apic_fields(self, fields: dict) -> None:
+        """Load ``apic`` v3 fields into the kernel's register page
+        (``KVM_SET_LAPIC``); the page's bits the fields do not cover (version,
+        PPR, ...) stay what the kernel had, and the base MSR is not written."""
+        self.pre_save()
+        page = apic_state_to_page({name: fields[name] for name, _, _ in APIC_FIELDS})[0]
+        old = self.state.regs
+        self.state.regs = bytes((p & m) | (o & ~m & 0xFF)
+                                for p, o, m in zip(page, old, covered_mask(), strict=True))
+        if self.vcpu is not None:
+            self.vcpu.set_lapic(self.state.regs)
+            self.pre_save()
