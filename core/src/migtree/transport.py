@@ -41,6 +41,7 @@ import ssl
 import stat
 import struct
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -222,7 +223,7 @@ def check_policy(addr: Address, *, tls: TlsConfig | None, allow_plaintext: bool,
 
 # -- channels ----------------------------------------------------------------------
 
-class Channel:
+class Channel(ABC):
     """A framed, bidirectional connection. Subclasses move bytes; this class
     frames them and counts them."""
 
@@ -236,12 +237,15 @@ class Channel:
         self._preamble_checked = False
 
     # raw bytes (subclasses)
+    @abstractmethod
     def _send_frame(self, kind: int, payload: bytes | memoryview) -> None:
         raise NotImplementedError
 
+    @abstractmethod
     def _recv_frame(self, timeout: float | None) -> tuple[int, bytes]:
         raise NotImplementedError
 
+    @abstractmethod
     def close(self) -> None:
         raise NotImplementedError
 

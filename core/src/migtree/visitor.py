@@ -18,6 +18,7 @@ Only this module reads wire metadata (:data:`migtree.fields.WIRE`).
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Any
 
 import attrs
@@ -42,7 +43,7 @@ from .qom import RESERVED_KEYS
 _VISIT_HOOK = "migtree_visit"
 
 
-class Visitor:
+class Visitor(ABC):
     """Walks a state value. Subclasses implement the primitives.
 
     ``version`` is the schema version being written or read: fields whose
@@ -104,27 +105,35 @@ class Visitor:
         return value
 
     # -- primitives (subclasses override) -----------------------------------
+    @abstractmethod
     def visit_int(self, name: str, value: int, wire: Int) -> int:
         raise NotImplementedError
 
+    @abstractmethod
     def visit_bool(self, name: str, value: bool) -> bool:
         raise NotImplementedError
 
+    @abstractmethod
     def visit_bytes(self, name: str, value: bytes, wire: Bytes) -> bytes:
         raise NotImplementedError
 
+    @abstractmethod
     def visit_str(self, name: str, value: str, wire: Str) -> str:
         raise NotImplementedError
 
+    @abstractmethod
     def visit_array(self, name: str, value: list, wire: Array) -> list:
         raise NotImplementedError
 
+    @abstractmethod
     def visit_struct(self, name: str, value: Any, cls: type) -> Any:
         raise NotImplementedError
 
+    @abstractmethod
     def visit_optional(self, name: str, value: Any, wire: Optional) -> Any:
         raise NotImplementedError
 
+    @abstractmethod
     def visit_blob(self, name: str, value: Any) -> Any:
         raise NotImplementedError
 
