@@ -32,9 +32,9 @@ class StreamFactory:
             self.cache[cfg] = qemu_streams.make_stream(cfg, self.root)
         return self.cache[cfg]
 
-    def dump_vmstate(self, machine: str = "pc") -> Path:
+    def dump_vmstate(self, machine: str = "pc", qemu: str | None = None) -> Path:
         need_qemu()
-        return qemu_streams.dump_vmstate(self.root, machine)
+        return qemu_streams.dump_vmstate(self.root, machine, qemu)
 
 
 @pytest.fixture(scope="session")

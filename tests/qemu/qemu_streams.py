@@ -20,11 +20,23 @@ from pathlib import Path
 
 import pytest
 
-from migtree_qemu import qompaths
+from migtree_qemu import qompaths, versions
 from migtree_qemu.qmp import QMPClient, QMPError
 
 QEMU = shutil.which("qemu-system-x86_64")
 QEMU_IMG = shutil.which("qemu-img")
+#: the host's QEMU version ("7.2" on Debian 12), None without QEMU
+HOST_VERSION = versions.host_build().version if QEMU else None
+
+
+def qemu_build(version: str | None) -> versions.QemuBuild:
+    """The QEMU of *version* (None: the host's); skips the test, saying
+    why, when that version cannot be had here."""
+    need_qemu()
+    try:
+        return versions.find(version or HOST_VERSION, build=True)
+    except versions.QemuVersionUnavailable as exc:
+        pytest.skip(f"QEMU {version} is unavailable here: {exc}")
 
 
 def kvm_usable() -> bool:
@@ -35,7 +47,7 @@ def kvm_usable() -> bool:
 class StreamConfig:
     """One point of the stream matrix."""
 
-    machine: str = "pc"  # pc | q35
+    machine: str = "pc"  # pc | q35 | a versioned machine type (pc-q35-7.2)
     accel: str = "tcg"  # tcg | kvm
     smp: int = 1
     disk: bool = True
@@ -44,10 +56,13 @@ class StreamConfig:
     extra: tuple[str, ...] = field(default=())
     #: boot the tiny Linux guest of guest_builder.py (kernel, initramfs)
     guest: tuple[str, str] | None = None
+    #: the QEMU version that makes the stream (None: the host's)
+    qemu: str | None = None
 
     @property
     def name(self) -> str:
-        parts = [self.machine, self.accel, f"smp{self.smp}"]
+        parts = [f"qemu{self.qemu}"] if self.qemu else []
+        parts += [self.machine, self.accel, f"smp{self.smp}"]
         if self.disk:
             parts.append("vblk")
         if self.guest:
@@ -112,11 +127,14 @@ class QemuVM:
     """A qemu-system-x86_64 process with a QMP socket; a context manager
     that always ends the process it started."""
 
-    def __init__(self, args: list[str], workdir: Path, name: str = "vm") -> None:
+    def __init__(self, args: list[str], workdir: Path, name: str = "vm",
+                 build: versions.QemuBuild | None = None) -> None:
         self.workdir = Path(workdir)
         self.sock = Path(tempfile.mkdtemp(prefix="qmp")) / f"{name}.sock"
         self.log = self.workdir / f"{name}.log"
-        self.argv = [QEMU or "qemu-system-x86_64", *args]
+        self.env = build.environ() if build is not None else None
+        self.argv = [*(build.argv if build is not None else [QEMU or "qemu-system-x86_64"]),
+                     *args]
         self.argv += ["-qmp", f"unix:{self.sock},server=on,wait=off"]
         self.proc: subprocess.Popen | None = None
         self.qmp: QMPClient | None = None
@@ -125,7 +143,8 @@ class QemuVM:
     def start(self) -> QemuVM:
         self._logf = open(self.log, "wb")
         self.proc = subprocess.Popen(
-            self.argv, stdin=subprocess.DEVNULL, stdout=self._logf, stderr=self._logf
+            self.argv, stdin=subprocess.DEVNULL, stdout=self._logf, stderr=self._logf,
+            env=self.env,
         )
         try:
             self.qmp = QMPClient.connect(str(self.sock), timeout=60, process=self.proc)
@@ -233,7 +252,7 @@ def make_stream(cfg: StreamConfig, outdir: Path) -> Path:
     if not cfg.running:
         args.append("-S")
     tmp = out.with_suffix(".part")
-    with QemuVM(args, outdir, f"{cfg.name}-src") as vm:
+    with QemuVM(args, outdir, f"{cfg.name}-src", build=_build_of(cfg.qemu)) as vm:
         if cfg.guest:
             wait_serial(vm, serial, "MIGTREE-IO ", count=40)
         elif cfg.running:
@@ -251,14 +270,14 @@ def resave_under_kvm(cfg: StreamConfig, stream: Path, outdir: Path) -> Path:
     although Linux does not boot under this host's KVM (design.md §8)."""
     kcfg = StreamConfig(machine=cfg.machine, accel="kvm", smp=cfg.smp, disk=cfg.disk,
                         running=cfg.running, memory=cfg.memory, extra=cfg.extra,
-                        guest=cfg.guest)
+                        guest=cfg.guest, qemu=cfg.qemu)
     out = Path(outdir) / f"{kcfg.name}-resaved.qevm"
     if out.exists():
         return out
     disk = Path(outdir) / f"{cfg.name}.qcow2"
     args = kcfg.args(disk if cfg.disk else None) + ["-S", "-incoming", "defer"]
     tmp = out.with_suffix(".part")
-    with QemuVM(args, Path(outdir), f"{kcfg.name}-resave") as vm:
+    with QemuVM(args, Path(outdir), f"{kcfg.name}-resave", build=_build_of(cfg.qemu)) as vm:
         vm.incoming_from_file(stream)
         vm.migrate_to_file(tmp)
     tmp.rename(out)
@@ -267,16 +286,16 @@ def resave_under_kvm(cfg: StreamConfig, stream: Path, outdir: Path) -> Path:
 
 def load_stream(cfg: StreamConfig, stream: Path, outdir: Path, name: str = "dst",
                 disk: Path | None = None):
-    """Start QEMU for *cfg* with ``-S -incoming defer`` and load *stream*.
-    Returns the :class:`QemuVM` (paused; caller stops it).  A Linux guest's
-    serial console goes to ``vm.serial``."""
+    """Start QEMU for *cfg* (its ``qemu`` version) with ``-S -incoming
+    defer`` and load *stream*.  Returns the :class:`QemuVM` (paused; caller
+    stops it).  A Linux guest's serial console goes to ``vm.serial``."""
     outdir = Path(outdir)
     disk = disk or outdir / f"{cfg.name}.qcow2"
     if cfg.disk:
         make_disk(disk)
     serial = outdir / f"{cfg.name}-{name}.serial"
     vm = QemuVM(cfg.args(disk if cfg.disk else None, serial) + ["-S", "-incoming", "defer"],
-                outdir, f"{cfg.name}-{name}")
+                outdir, f"{cfg.name}-{name}", build=_build_of(cfg.qemu))
     vm.serial = serial
     vm.start()
     try:
@@ -287,15 +306,29 @@ def load_stream(cfg: StreamConfig, stream: Path, outdir: Path, name: str = "dst"
     return vm
 
 
-def dump_vmstate(outdir: Path, machine: str = "pc") -> Path:
-    out = Path(outdir) / f"vmstate-{machine}.json"
+def dump_vmstate(outdir: Path, machine: str = "pc", qemu: str | None = None) -> Path:
+    """``-dump-vmstate`` of QEMU *qemu* (None: the host's) for *machine*."""
+    prefix = f"vmstate-qemu{qemu}-" if qemu else "vmstate-"
+    out = Path(outdir) / f"{prefix}{machine}.json"
     if not out.exists():
+        build = _build_of(qemu)
+        argv = list(build.argv) if build is not None else [QEMU or "qemu-system-x86_64"]
+        tmp = out.with_suffix(".part")
         subprocess.run(
-            [QEMU or "qemu-system-x86_64", "-nodefaults", "-display", "none",
-             "-machine", f"{machine},accel=tcg", "-dump-vmstate", str(out)],
+            [*argv, "-nodefaults", "-display", "none",
+             "-machine", f"{machine},accel=tcg", "-dump-vmstate", str(tmp)],
             check=True, stdin=subprocess.DEVNULL, capture_output=True,
+            env=build.environ() if build is not None else None,
         )
+        tmp.rename(out)
     return out
+
+
+def _build_of(version: str | None) -> versions.QemuBuild | None:
+    """None for the host's QEMU (the default everywhere), else that version's."""
+    if version is None or version == HOST_VERSION:
+        return None
+    return qemu_build(version)
 
 
 # Test helpers live here, not in conftest.py: every test directory has a

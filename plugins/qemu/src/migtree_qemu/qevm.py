@@ -61,6 +61,7 @@ from .vmstate import (
     describe_object,
     encode_object,
     qemu_json,
+    vmdesc_style_of,
 )
 
 QEVM_MAGIC = 0x5145564D
@@ -254,6 +255,8 @@ class QemuStream:
     #: write the vmdesc at the end (as the source had one)
     vmdesc: bool = True
     vmdesc_keys: tuple[str, ...] = ("page_size", "devices")
+    #: the vmdesc's JSON style (QEMU 5.2 wrote it differently from 7.2/10.0)
+    vmdesc_style: str = "json-writer"
     size: int = 0
     source: _Source | None = attrs.field(default=None, repr=False, eq=False)
 
@@ -298,6 +301,10 @@ class QemuStream:
         for k in self.vmdesc_keys:
             if k == "page_size":
                 out[k] = self.page_size
+            elif k == "configuration":
+                # QEMU >= 9.1 describes the configuration section too
+                if self.configuration is not None:
+                    out[k] = describe_object(self.configuration.state)
             elif k == "devices":
                 out[k] = [_describe_section(s) for s in self.devices()]
         return out
@@ -571,6 +578,9 @@ class _Reader:
         if self.desc is not None:
             stream.page_size = int(self.desc.get("page_size", 4096))
             stream.vmdesc_keys = tuple(self.desc)
+            if self.vmdesc_at is not None:
+                stream.vmdesc_style = vmdesc_style_of(bytes(self.buf[self.vmdesc_at + 5:
+                                                                     self.vmdesc_at + 7]))
         self.page_size = stream.page_size
         if cur.pos < cur.end and cur.buf[cur.pos] == CONFIGURATION:
             stream.configuration = self.read_configuration()
@@ -998,7 +1008,7 @@ class _Writer:
             self.maybe_flush()
         self.buf.append(EOF)
         if s.vmdesc:
-            text = qemu_json(s.vmdesc_object()).encode("utf-8")
+            text = qemu_json(s.vmdesc_object(), s.vmdesc_style).encode("utf-8")
             self.buf.append(VMDESCRIPTION)
             self.buf += len(text).to_bytes(4, "big") + text
         self.flush()

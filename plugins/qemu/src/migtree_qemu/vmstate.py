@@ -522,12 +522,55 @@ def describe_field(f: Field) -> dict[str, Any]:
     return d
 
 
-def qemu_json(value: Any) -> str:
+#: how a QEMU version writes its vmdesc JSON: ``"json-writer"`` (QEMU >= 6.2,
+#: ``qobject/json-writer.c``) or ``"qjson"`` (QEMU <= 6.1, the old
+#: ``migration/qjson.c``: ``{ "key" : value }`` with spaces inside brackets
+#: and strings copied unescaped)
+VMDESC_STYLES = ("json-writer", "qjson")
+
+
+def vmdesc_style_of(text: bytes) -> str:
+    """The style a vmdesc's JSON text was written in."""
+    return "qjson" if text.startswith(b"{ ") else "json-writer"
+
+
+def qemu_json(value: Any, style: str = "json-writer") -> str:
     """Serialise like QEMU's JSONWriter (``", "`` and ``": "`` separators,
-    ``\\uXXXX`` upper-case escapes for control characters and non-ASCII)."""
+    ``\\uXXXX`` upper-case escapes for control characters and non-ASCII),
+    or with *style* ``"qjson"`` like QEMU 5.2's qjson.c."""
     parts: list[str] = []
-    _qjson(value, parts.append)
+    if style == "qjson":
+        _old_qjson(value, parts.append)
+    else:
+        _qjson(value, parts.append)
     return "".join(parts)
+
+
+def _old_qjson(v: Any, emit: Callable[[str], None]) -> None:
+    # qjson.c: "{ " ... " }", "[ " ... " ]", '"key" : ', strings unescaped
+    if isinstance(v, dict):
+        emit("{ ")
+        for i, (k, x) in enumerate(v.items()):
+            if i:
+                emit(", ")
+            emit(f'"{k}" : ')
+            _old_qjson(x, emit)
+        emit(" }")
+    elif isinstance(v, list):
+        emit("[ ")
+        for i, x in enumerate(v):
+            if i:
+                emit(", ")
+            _old_qjson(x, emit)
+        emit(" ]")
+    elif isinstance(v, bool):
+        emit("true" if v else "false")
+    elif isinstance(v, int):
+        emit(str(v))
+    elif isinstance(v, str):
+        emit(f'"{v}"')
+    else:
+        raise TypeError(f"not writable by QEMU's qjson: {v!r}")
 
 
 _ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\f": "\\f", "\n": "\\n",
