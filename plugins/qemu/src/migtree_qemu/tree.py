@@ -161,12 +161,18 @@ def object_to_plain(obj: VMStateObject, ctx: dict[str, Any] | None = None) -> di
     list; subsections go under their short name."""
     ctx = ctx or {}
     out: dict[str, Any] = {}
+    prev: Field | None = None
     for f in obj.fields:
         key = f.name
         if f.array_len is not None:
             val = [_plain_value(v, f, ctx) for v in f.value]
         else:
             val = _plain_value(f.value, f, ctx)
+        if _last_element(prev, f.name, f.index):
+            out[key].append(val)
+            prev = Field(f.name, f.type, None, index=prev.index + 1)
+            continue
+        prev = f
         if f.index is not None:
             lst = out.setdefault(key, [])
             if not isinstance(lst, list) or len(lst) != f.index:
@@ -181,6 +187,15 @@ def object_to_plain(obj: VMStateObject, ctx: dict[str, Any] | None = None) -> di
     for s in obj.subsections:
         out[_sub_key(obj.vmsd_name, s.vmsd_name, out)] = object_to_plain(s, ctx)
     return out
+
+
+def _last_element(prev: Field | None, name: str, index: int | None) -> bool:
+    """QEMU >= 9.1 describes the last element of an array of structs
+    without ``index`` (it passes the elements *left* as the count, and
+    writes ``index`` only while more than one is left): an index-less
+    field right after element N of the same name is element N + 1."""
+    return (index is None and prev is not None and prev.index is not None
+            and prev.name == name)
 
 
 def _sub_key(parent: str, name: str, taken: Mapping[str, Any]) -> str:
@@ -205,9 +220,13 @@ def plain_to_object(plain: Mapping[str, Any], layout: Mapping[str, Any],
     used: set[str] = set()
     counts: dict[str, int] = {}
     field_keys: dict[str, None] = {}
+    prev: Field | None = None
     for fdesc in layout.get("fields", []):
         name = fdesc["name"]
         key = name
+        last = _last_element(prev, name, fdesc.get("index"))
+        if last:
+            fdesc = dict(fdesc, index=prev.index + 1)
         if "index" not in fdesc:
             n = counts.get(name, 0) + 1
             counts[name] = n
@@ -232,8 +251,11 @@ def plain_to_object(plain: Mapping[str, Any], layout: Mapping[str, Any],
             n = len(value)
         else:
             value = _from_plain(value, fdesc, fpath)
-        obj.fields.append(Field(name, fdesc.get("type"), value, index=fdesc.get("index"),
-                                array_len=n, keys=tuple(fdesc), size=fdesc.get("size")))
+        keys = tuple(k for k in fdesc if not (last and k == "index"))
+        obj.fields.append(Field(name, fdesc.get("type"), value,
+                                index=None if last else fdesc.get("index"),
+                                array_len=n, keys=keys, size=fdesc.get("size")))
+        prev = Field(name, None, None, index=fdesc.get("index"))
     for sdesc in layout.get("subsections", []):
         key = _sub_key(obj.vmsd_name, sdesc["vmsd_name"], field_keys)
         field_keys[key] = None
@@ -346,6 +368,7 @@ def stream_to_tree(
         "page_size": stream.page_size,
         "vmdesc": stream.vmdesc,
         "vmdesc_keys": list(stream.vmdesc_keys),
+        "vmdesc_style": stream.vmdesc_style,
         "order": order,
     }
     return root
@@ -455,7 +478,8 @@ def tree_to_stream(tree: Mapping[str, Any], *, decoders: Decoders | None = None)
     stream = QemuStream(version=meta["qevm_version"],
                         configuration=_config_from_plain(meta["configuration"]),
                         page_size=meta["page_size"], vmdesc=meta["vmdesc"],
-                        vmdesc_keys=tuple(meta["vmdesc_keys"]))
+                        vmdesc_keys=tuple(meta["vmdesc_keys"]),
+                        vmdesc_style=meta.get("vmdesc_style", "json-writer"))
     ram_index = 0
     for entry in meta["order"]:
         if entry[0] == "COMMAND":
