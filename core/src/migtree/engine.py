@@ -40,7 +40,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import attrs
@@ -93,6 +93,18 @@ def _path_of(parts: tuple[str, ...]) -> str:
     return "/" + "/".join(parts)
 
 
+@attrs.frozen
+class Misfit:
+    """Why a destination cannot take a node although its ``type@version``
+    is one it loads: an optional part (``key``, dotted) must be ``absent``
+    (the destination does not know it) or can be ``present`` again (the
+    node's stash holds it and the destination knows it)."""
+
+    key: str
+    want: str  # "absent" | "present"
+    reason: str
+
+
 @attrs.define
 class Destination:
     """Where a tree is going.
@@ -102,11 +114,17 @@ class Destination:
     :ivar root: the slot of ``/`` when the destination's composition is
         known (a build, or a schema dump with ``objects``), else ``None``:
         then every node is judged by ``types`` alone.
+    :ivar shape: optional ``shape(path, node) -> [Misfit, ...]``: what the
+        destination cannot take in a node whose ``type@version`` it loads
+        (a QEMU target's unknown subsections); filters that keep the
+        ``type@version`` and declare the misfit's key in ``drops`` /
+        ``restores`` fix them (docs/filters.md 2.15).
     """
 
     types: dict[str, tuple[int, int]]
     root: Slot | None = None
     name: str = "destination"
+    shape: Callable[[str, dict[str, Any]], list[Misfit]] | None = None
 
     @classmethod
     def of_build(cls, root: Any, registry: Any = None) -> Destination:
@@ -364,7 +382,16 @@ def _match_path(rx: re.Pattern[str], path: str) -> bool:
 
 def _decl(f: Filter) -> tuple:
     return (f.match, f.produces, tuple(sorted(f.creates.items())),
-            tuple(sorted(f.consumes.items())), f.priority)
+            tuple(sorted(f.consumes.items())), f.priority, f.drops, f.restores)
+
+
+def _dotted_get(node: Any, key: str) -> Any:
+    """The value at a dotted key (``kbd.extended_state``), None if absent."""
+    for part in key.split("."):
+        if type(node) is not dict:
+            return None
+        node = node.get(part)
+    return node
 
 
 def _edge_key(f: Filter) -> tuple[int, str, str]:
@@ -730,6 +757,7 @@ class _Engine:
                  symbolic: bool = False, collect: bool = False, any_path: bool = False):
         self.dest = destination
         self.registered = destination.types
+        self.shape = destination.shape
         self.explain = explain
         self.max = max_applications
         self.symbolic = symbolic
@@ -863,7 +891,7 @@ class _Engine:
         else:
             r = self.registered.get(node.get(TYPE_KEY))
             ok = r is not None and type(v) is int and r[0] <= v <= r[1]
-        if not ok:
+        if not ok or (self.shape is not None and self.shape(_path_of(parts), node)):
             return self._drive(node, parts, slot, None)
         kids = [k for k, c in node.items() if type(c) is dict and TYPE_KEY in c]
         if kids:
@@ -940,14 +968,18 @@ class _Engine:
         if chain is None:
             raise self._no_chain(path, (t, v), target, applicable)
         applied: list[tuple[Filter, str, str]] = []
+        tried: set[str] = set()  # filters that keep type@version, each run once
         while True:
             tv = (node[TYPE_KEY], node[VERSION_KEY])
             if target.accepts(*tv):
-                return node
-            chain = self._chain(tv, target, applicable)
-            if not chain:
-                raise self._no_chain(path, tv, target, applicable)
-            flt = chain[0]
+                flt = self._fit(node, path, tv, applicable, tried)
+                if flt is None:
+                    return node
+            else:
+                chain = self._chain(tv, target, applicable)
+                if not chain:
+                    raise self._no_chain(path, tv, target, applicable)
+                flt = chain[0]
             if len(applied) >= self.max:
                 steps = ", ".join(f"{n} ({a} -> {b})" for n, a, b in
                                   ((f.name, a, b) for f, a, b in applied))
@@ -984,6 +1016,33 @@ class _Engine:
             if fresh:
                 rest = self._chain((node[TYPE_KEY], node[VERSION_KEY]), target, applicable)
                 self._children(node, parts, slot, self._consumed_by(rest, path), fresh)
+
+    def _fit(self, node: dict[str, Any], path: str, tv: tuple[str, int],
+             applicable: frozenset[int], tried: set[str]) -> Filter | None:
+        """For a node at a ``type@version`` the destination loads: the
+        filter (keeping ``type@version``) that fixes its first misfit, or
+        None when the destination takes it as it is.  A part that could be
+        restored but has no filter is left out (it is optional); a part the
+        destination cannot take with no filter to drop it is an error."""
+        if self.shape is None or self.symbolic:
+            return None
+        for m in self.shape(path, node):
+            for f in self._edges(tv[0], tv[1], applicable):
+                if f.name in tried or (f.produces.type, f.produces.version) != tv:
+                    continue
+                if m.key in (f.drops if m.want == "absent" else f.restores):
+                    tried.add(f.name)
+                    return f
+            if m.want == "absent":
+                err = FilterError(
+                    f"{path}: {tv[0]}@{tv[1]}: {m.reason}; no filter for "
+                    f"{tv[0]}@{tv[1]} drops {m.key!r}"
+                    + (f" (already applied: {', '.join(sorted(tried))})" if tried else ""))
+                err.path, err.source, err.wanted = (  # type: ignore[attr-defined]
+                    path, f"{tv[0]}@{tv[1]}", f"without {m.key}")
+                err.nearest = []  # type: ignore[attr-defined]
+                raise err
+        return None
 
     def _apply(self, flt: Filter, node: dict[str, Any], path: str, before: str,
                kids_before: dict[str, Any],
@@ -1029,6 +1088,9 @@ class _Engine:
         if (result.get(TYPE_KEY) != flt.produces.type or type(v) is not int
                 or v != flt.produces.version):
             raise lie(f"declared {flt.produces} but produced {_tv_str(result)} (from {before})")
+        for key in flt.drops:
+            if _dotted_get(result, key) is not None:
+                raise lie(f"declared it drops {key!r} but produced a node that still has it")
         kids = {k: c for k, c in result.items() if type(c) is dict and TYPE_KEY in c}
         if not kids and not kids_before and not flt.creates:
             return kids

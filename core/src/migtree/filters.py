@@ -110,6 +110,13 @@ class Filter:
     :param priority: higher runs first when several filters match; ties go to
         the filter name, so the order never depends on plugin load order.
     :param pair: the name shared by a reversible pair (their stash key).
+    :param drops: dotted keys of optional parts (a QEMU subsection, a field
+        a newer build added) the filter removes from the node; checked. A
+        filter that keeps the node's ``type@version`` (``produces`` equals
+        what it matched) runs only when the destination names one of these
+        parts as a misfit (docs/filters.md 2.15).
+    :param restores: dotted keys of optional parts the filter puts back
+        (from the stash) when the destination can hold them.
     """
 
     name: str
@@ -121,6 +128,8 @@ class Filter:
     path: str | None = None
     priority: int = 0
     pair: str | None = None
+    drops: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    restores: tuple[str, ...] = attrs.field(default=(), converter=tuple)
     description: str = ""
     plugin: str = "<in-process>"
     dynamic: bool = False
