@@ -96,12 +96,13 @@ def _path_of(parts: tuple[str, ...]) -> str:
 @attrs.frozen
 class Misfit:
     """Why a destination cannot take a node although its ``type@version``
-    is one it loads: an optional part (``key``, dotted) must be ``absent``
-    (the destination does not know it) or can be ``present`` again (the
-    node's stash holds it and the destination knows it)."""
+    is one it loads: a part (``key``, dotted) must be ``absent`` (the
+    destination does not know it), can be ``present`` again (the node's
+    stash holds it and the destination knows it: optional), or is
+    ``required`` (the destination needs it and the node lacks it)."""
 
     key: str
-    want: str  # "absent" | "present"
+    want: str  # "absent" | "present" | "required"
     reason: str
 
 
@@ -386,12 +387,21 @@ def _decl(f: Filter) -> tuple:
 
 
 def _dotted_get(node: Any, key: str) -> Any:
-    """The value at a dotted key (``kbd.extended_state``), None if absent."""
-    for part in key.split("."):
-        if type(node) is not dict:
-            return None
-        node = node.get(part)
-    return node
+    """The value at a dotted key (``kbd.extended_state``), None if absent.
+    A key that itself contains dots (QEMU names fields ``env.regs``) is
+    found too: at each level the longest matching key is tried first."""
+    if type(node) is not dict:
+        return None
+    if key in node:
+        return node[key]
+    parts = key.split(".")
+    for i in range(len(parts) - 1, 0, -1):
+        head = ".".join(parts[:i])
+        if head in node:
+            found = _dotted_get(node[head], ".".join(parts[i:]))
+            if found is not None:
+                return found
+    return None
 
 
 def _edge_key(f: Filter) -> tuple[int, str, str]:
@@ -1033,13 +1043,14 @@ class _Engine:
                 if m.key in (f.drops if m.want == "absent" else f.restores):
                     tried.add(f.name)
                     return f
-            if m.want == "absent":
+            if m.want != "present":
+                verb = "drops" if m.want == "absent" else "restores"
                 err = FilterError(
                     f"{path}: {tv[0]}@{tv[1]}: {m.reason}; no filter for "
-                    f"{tv[0]}@{tv[1]} drops {m.key!r}"
+                    f"{tv[0]}@{tv[1]} {verb} {m.key!r}"
                     + (f" (already applied: {', '.join(sorted(tried))})" if tried else ""))
                 err.path, err.source, err.wanted = (  # type: ignore[attr-defined]
-                    path, f"{tv[0]}@{tv[1]}", f"without {m.key}")
+                    path, f"{tv[0]}@{tv[1]}", f"{m.key} {m.want}")
                 err.nearest = []  # type: ignore[attr-defined]
                 raise err
         return None

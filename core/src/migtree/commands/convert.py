@@ -1,6 +1,16 @@
-"""``migtree convert IN -o OUT [--from FORMAT] [--to FORMAT]``: rewrite a
-stream in another format: a foreign one a plugin registered (QEMU's QEVM)
-to migtree's CBOR stream and back, or a stream to its own format again.
+"""``migtree convert IN -o OUT [--from FORMAT] [--to FORMAT] [--target DEST]``:
+rewrite a stream in another format: a foreign one a plugin registered (QEMU's
+QEVM) to migtree's CBOR stream and back, or a stream to its own format again;
+with ``--target``, filter it towards a destination first.
+
+``--target DEST`` names what the stream must load into (:mod:`migtree.targets`):
+a build ``.toml``, a schema dump, or a description a plugin recognises (a
+QEMU ``-dump-vmstate``). The installed filters and the target's own drive
+every node there (as a migration would, but offline, on the side that has
+the filters); if any node cannot get there the command refuses, names the
+path and the reason, and writes nothing. Without ``--to``, the output format
+is OUT's extension's, else the one the target loads. ``--explain`` prints every filter application
+(the same report as ``migtree explain --target``).
 
 The input format is sniffed unless ``--from`` names it. The output format
 is ``--to``; without it, the format whose extension OUT has (``.qevm``,
@@ -36,6 +46,11 @@ def add_parser(subparsers: Any) -> None:
                    help="the input's format (default: recognised from its first bytes)")
     p.add_argument("--to", dest="to_format", metavar="FORMAT",
                    help="the output's format: migtree, or a registered one such as qemu")
+    p.add_argument("--target", metavar="DEST",
+                   help="filter the stream towards DEST first: a build .toml, a schema dump, "
+                        "or a description a plugin recognises (QEMU: a -dump-vmstate file)")
+    p.add_argument("--explain", action="store_true",
+                   help="with --target: print every filter application")
     p.set_defaults(func=run, convert_parser=p)
 
 
@@ -59,9 +74,22 @@ def run(args: Any) -> int:
             _writable(known, args.to_format, f"--to {args.to_format}")
     except UsageProblem as e:
         args.convert_parser.error(str(e))
+    if args.explain and not args.target:
+        args.convert_parser.error("--explain goes with --target")
+    target = None
+    if args.target:
+        from ..targets import open_target
+
+        target = open_target(args.target, registry)
     src, header, tree = read_input(args.input, args.from_format, registry, known)
+    info = sys.stderr if args.output == "-" else sys.stdout
+    if target is not None:
+        filtered = _filter(tree, header, target, registry, args, info)
+        if filtered is not None:
+            return filtered
     try:
-        dst = target_format(args.to_format, args.output, src, header, known)
+        dst = target_format(args.to_format, args.output, src, header, known,
+                            default=target.format if target is not None else None)
     except UsageProblem as e:
         args.convert_parser.error(str(e))
     size = write_output(args.output, known[dst], header, tree)
@@ -69,8 +97,33 @@ def run(args: Any) -> int:
     what = f"{args.input}: {src} stream, {objects} objects -> {args.output}: {dst} stream"
     if size is not None:
         what += f", {size:,} bytes"
-    print(what, file=sys.stderr if args.output == "-" else sys.stdout)
+    print(what, file=info)
     return 0
+
+
+def _filter(tree: dict[str, Any], header: dict[str, Any], target: Any, registry: Any,
+            args: Any, info: Any) -> int | None:
+    """Drive the tree to the target; print what was done. An exit status
+    when it cannot (nothing written), None to go on and write."""
+    from ..errors import FilterError
+    from ..targets import filter_to_target
+
+    try:
+        report, notes = filter_to_target(tree, target, registry, explain=args.explain)
+    except FilterError as e:
+        print(f"migtree convert: refused, nothing written: {e}", file=sys.stderr)
+        return 1
+    if args.explain:
+        print(report.format_text(), file=info)
+    else:
+        print(f"{target.name}: {len(report.applications)} filter application(s) "
+              f"at {len(report.chains())} path(s)", file=info)
+    for note in notes:
+        print(f"note: {note}", file=info)
+    schemas = getattr(target, "schemas", None)
+    if schemas is not None and isinstance(header, dict):
+        header["schemas"] = schemas(tree)
+    return None
 
 
 def read_input(name: str, from_format: str | None, registry: Any,
@@ -100,8 +153,9 @@ def read_input(name: str, from_format: str | None, registry: Any,
 
 
 def target_format(to_format: str | None, output: str, src: str, header: dict[str, Any],
-                  known: dict[str, Any]) -> str:
-    """The output format's name (see the module docstring for the rule)."""
+                  known: dict[str, Any], default: str | None = None) -> str:
+    """The output format's name (see the module docstring for the rule);
+    *default* (the format a ``--target`` loads) comes after OUT's extension."""
 
     def writable(name: str, why: str) -> str:
         return _writable(known, name, why)
@@ -114,6 +168,8 @@ def target_format(to_format: str | None, output: str, src: str, header: dict[str
     for name, fmt in known.items():
         if ext and ext in tuple(getattr(fmt, "extensions", ()) or ()):
             return writable(name, f"{output} (extension {ext})")
+    if default is not None:
+        return writable(default, f"the target's format {default!r}")
     if src != "migtree":
         return "migtree"
     extra = header.get("extra") if isinstance(header, dict) else None

@@ -86,6 +86,25 @@ class QemuStreamFormat:
                       "schemas": tree_schemas(tree, self.describe)}
         return header, tree
 
+    def read_target(self, path: Any) -> Any:
+        """A QEMU destination from its ``-dump-vmstate`` (``convert
+        --target``, ``explain --target``); None for any other file."""
+        import json
+
+        from .target import QemuTarget
+
+        try:
+            data = Path(path).read_bytes()
+        except OSError:
+            return None
+        if b'"vmschkmachine"' not in data:
+            return None
+        try:
+            doc = json.loads(data)
+        except ValueError:
+            return None
+        return QemuTarget.from_dump(doc, Path(path).name) if QemuTarget.sniff(doc) else None
+
     def write(self, fp: IO[bytes], header: Mapping[str, Any] | None,
               tree: Mapping[str, Any]) -> int:
         """Write *tree* (from :meth:`read`, possibly filtered) as QEVM."""

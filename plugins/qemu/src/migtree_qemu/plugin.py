@@ -15,3 +15,14 @@ from .format import QemuStreamFormat
 @hookimpl
 def migtree_register_stream_formats(register):
     register(QemuStreamFormat())
+
+
+@hookimpl
+def migtree_register_filters(register):
+    """What takes a QEMU stream to an older or newer QEMU: a drop/restore
+    pair per subsection and migration command a target may not know
+    (:mod:`migtree_qemu.compat`)."""
+    from .compat import static_filters
+
+    for pair in static_filters():
+        register(pair)

@@ -88,6 +88,17 @@ SECTION_TYPE_NAMES = {
 
 # MIG_CMD_* (migration/savevm.c); PACKAGED embeds a whole stream
 MIG_CMD_PACKAGED = 7
+MIG_CMD_SWITCHOVER_START = 0x0B
+
+#: migration commands a plain precopy stream may carry: name, the first QEMU
+#: version that knows it, and what it means to the loader
+MIG_COMMANDS: dict[int, tuple[str, tuple[int, int], str]] = {
+    MIG_CMD_SWITCHOVER_START: (
+        "switchover-start", (10, 0),
+        "tells devices with a switchover_start handler (VFIO's multifd device state) "
+        "that the source is about to stop; QEMU 10.0 sends it unless the machine type's "
+        "migration.send-switchover-start is off (machine types <= 9.2)"),
+}
 
 # RAM_SAVE_FLAG_* (migration/ram.c)
 RAM_FULL = 0x01  # obsolete, never written

@@ -1,0 +1,363 @@
+"""Filters that take a QEMU stream to an older (or newer) QEMU.
+
+QEMU sends a subsection only when its ``needed()`` says the state differs
+from what a QEMU without that subsection would assume, and a field added
+without a version bump only when a test says so; a loading QEMU that does
+not know one refuses the whole stream (or misreads the bytes after it).
+So each such part a newer QEMU added gets a decision, made from QEMU's code
+and written down here as a :class:`PartRule`: under which values the older
+QEMU reconstructs the same guest-visible state without it (then the part is
+dropped into the stash, and comes back on the way up), and what is refused
+otherwise, naming the field and the reason.  Migration commands a target
+does not know get the same treatment (:class:`CommandRule`).
+
+Every rule is a :class:`migtree.filters.FilterPair` that keeps the node's
+``type@version`` and declares the part it drops / restores
+(docs/filters.md 2.15), registered through ``migtree_register_filters``
+like any other filter; the machine-type mapping depends on the target and
+is given by the target itself (:func:`machine_type_pair`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import attrs
+
+from migtree.filters import Filter, FilterPair
+
+from . import machines
+from .qevm import MIG_COMMANDS as COMMANDS
+from .vmstate import qemu_json
+
+STASH = "__stash__"
+QEMU = "__qemu__"
+
+
+class ConversionRefused(Exception):
+    """Converting would lose or misinterpret state the guest depends on;
+    the message names the field and the reason."""
+
+
+# -- helpers -------------------------------------------------------------------
+
+
+def _parent(node: dict[str, Any], key: str) -> tuple[dict[str, Any], str]:
+    """The dict holding dotted *key* and the key's last part there; a key
+    that is itself dotted (QEMU's ``acpi_pci_hotplug.acpi_index``) is
+    taken whole where it exists."""
+    if key in node or "." not in key:
+        return node, key
+    parts = key.split(".")
+    for i in range(len(parts) - 1, 0, -1):
+        head = ".".join(parts[:i])
+        if isinstance(node.get(head), dict):
+            return _parent(node[head], ".".join(parts[i:]))
+    return node, key
+
+
+def _stash_put(node: dict[str, Any], pair: str, key: str, value: Any) -> None:
+    node.setdefault(STASH, {}).setdefault(pair, {})[key] = value
+
+
+def _stash_take(node: dict[str, Any], pair: str, key: str) -> Any:
+    stash = node[STASH]
+    entries = stash[pair]
+    value = entries.pop(key)
+    if not entries:
+        del stash[pair]
+    if not stash:
+        del node[STASH]
+    return value
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-")
+
+
+# -- subsections and fields ---------------------------------------------------------
+
+
+@attrs.frozen
+class PartRule:
+    """An optional part of a section -- a subsection, or a field a test
+    guards on the sending side -- that a newer QEMU sends and an older one
+    does not read.
+
+    :param section: the section's vmsd name and version (``"pckbd@3"``)
+    :param key: the part's dotted key in the node (``"kbd.extended_state"``;
+        a field keeps its QEMU name, ``"acpi_pci_hotplug.acpi_index"``)
+    :param qemu_name: QEMU's name for it (``"pckbd/extended_state"``)
+    :param kind: ``"subsection"`` or ``"field"`` (a field is also taken out
+        of the section's layout, so the bytes the older QEMU reads match)
+    :param since: the first QEMU version that sends it
+    :param needed: what QEMU's ``needed()`` (or the field's test) means, and
+        why dropping is safe when :attr:`refuse` lets it
+    :param refuse: ``refuse(node, value) -> reason | None``: why dropping it
+        would lose state the guest depends on, for these values
+    """
+
+    section: str
+    key: str
+    qemu_name: str
+    kind: str
+    since: str
+    needed: str
+    refuse: Callable[[Mapping[str, Any], Any], str | None] = \
+        attrs.field(repr=False, default=lambda node, value: None)
+
+    @property
+    def pair_name(self) -> str:
+        return f"qemu-{self.kind}-" + _slug(f"{self.section.split('@')[0]}-{self.key}")
+
+    def pair(self) -> FilterPair:
+        key, rule = self.key, self
+
+        def drop(node: dict[str, Any], ctx: Any) -> dict[str, Any]:
+            parent, last = _parent(node, key)
+            value = parent.get(last)
+            why = rule.refuse(node, value)
+            if why is not None:
+                raise ConversionRefused(f"{key} ({rule.kind} {rule.qemu_name}): {why}")
+            saved: Any = parent.pop(last)
+            if rule.kind == "field":
+                saved = {"value": saved, **_take_field_layout(node, key)}
+            _stash_put(node, ctx.stash_key, key, saved)
+            return node
+
+        def restore(node: dict[str, Any], ctx: Any) -> dict[str, Any]:
+            saved = _stash_take(node, ctx.stash_key, key)
+            if rule.kind == "field":
+                _put_field_layout(node, saved["at"], saved["layout"])
+                saved = saved["value"]
+            parent, last = _parent(node, key)
+            parent[last] = saved
+            return node
+
+        desc = f"{self.kind} {self.qemu_name} (QEMU >= {self.since}): {self.needed}"
+        return FilterPair(
+            self.pair_name,
+            Filter(self.pair_name + "-drop", self.section, self.section, drop,
+                   drops=(key,), description="drop " + desc),
+            Filter(self.pair_name + "-restore", self.section, self.section, restore,
+                   restores=(key,), description="restore " + desc))
+
+
+def _take_field_layout(node: dict[str, Any], key: str) -> dict[str, Any]:
+    """Take field *key* (top level) out of the node's layout: where it was
+    and its description, for the way back."""
+    layout = json.loads(node[QEMU]["layout"])
+    fields = layout.get("fields", [])
+    at = [i for i, f in enumerate(fields) if f.get("name") == key]
+    if len(at) != 1:
+        raise ConversionRefused(f"{key}: not one top-level field of the section's layout")
+    fdesc = fields.pop(at[0])
+    node[QEMU]["layout"] = qemu_json(layout)
+    return {"at": at[0], "layout": fdesc}
+
+
+def _put_field_layout(node: dict[str, Any], at: int, fdesc: dict[str, Any]) -> None:
+    layout = json.loads(node[QEMU]["layout"])
+    layout.setdefault("fields", []).insert(at, fdesc)
+    node[QEMU]["layout"] = qemu_json(layout)
+
+
+# i8042 (hw/input/pckbd.c) -- values from QEMU's KBD_* definitions
+KBD_STAT_OBF = 0x01
+KBD_PENDING_CTRL = 0x04 | 0x08  # KBD_PENDING_CTRL_KBD | KBD_PENDING_CTRL_AUX
+
+
+def _pckbd_refuse(node: Mapping[str, Any], value: Mapping[str, Any]) -> str | None:
+    kbd = node.get("kbd") or {}
+    if kbd.get("status", 0) & KBD_STAT_OBF:
+        return (f"kbd.status has OBF set (0x{kbd['status']:02x}): the byte waiting in the "
+                f"output buffer is kbd.extended_state.obdata=0x{value.get('obdata', 0):02x}, "
+                "already taken from the PS/2 queue; QEMU < 7.0 reads the next byte from "
+                "the queue instead, so the guest would lose this one")
+    if kbd.get("pending_tmp", 0) & KBD_PENDING_CTRL:
+        return (f"kbd.pending_tmp=0x{kbd['pending_tmp']:02x} has a controller response "
+                "pending (KBD_PENDING_CTRL_*), which QEMU < 7.0 has no way to hold")
+    return None
+
+
+def _pcihp_refuse(node: Mapping[str, Any], value: Mapping[str, Any]) -> str | None:
+    pending = []
+    for i, st in enumerate(value.get("acpi_pci_hotplug.acpi_pcihp_pci_status") or []):
+        if isinstance(st, Mapping) and (st.get("up") or st.get("down")):
+            pending.append(f"bus {i}: up=0x{st.get('up', 0):x} down=0x{st.get('down', 0):x}")
+    if pending:
+        return ("an ACPI PCI hotplug event is pending (" + "; ".join(pending) + "); a "
+                "target without ACPI PCI hotplug on ICH9 would never deliver it")
+    return None
+
+
+PART_RULES: tuple[PartRule, ...] = (
+    PartRule(
+        "pckbd@3", "kbd.extended_state", "pckbd/extended_state", "subsection", "7.0",
+        "sent when the i8042's extended-state property is on (machine types >= 7.0): "
+        "the output-buffer byte and its source, the pending controller response, the "
+        "keyboard throttle timer. QEMU < 7.0 derives the byte's source from status and "
+        "reads the byte from the PS/2 queue when the guest asks, so with the output "
+        "buffer empty and no controller response pending nothing is lost (a pending "
+        "throttle timer only delays the next byte: dropped)",
+        _pckbd_refuse),
+    PartRule(
+        "ICH9LPC@1", "pm.pcihp", "ich9_pm/pcihp", "subsection", "6.1",
+        "sent when ACPI PCI hotplug is on for ICH9 (q35 machine types >= 6.1): the "
+        "hotplug controller's selector and per-bus up/down event bits. With no event "
+        "pending the registers hold nothing a running guest waits for; a target machine "
+        "without ACPI PCI hotplug (q35 <= 6.0) uses native PCIe hotplug for later "
+        "hotplugs",
+        _pcihp_refuse),
+    PartRule(
+        "piix4_pm@3", "acpi_pci_hotplug.acpi_index", "acpi_pci_hotplug.acpi_index", "field",
+        "6.0",
+        "sent (test vmstate_acpi_pcihp_use_acpi_index) when the machine type supports "
+        "acpi-index (i440fx >= 6.0): the value the guest's ACPI _DSM last read back for a "
+        "PCI device's acpi-index. It is a reply register of a query the guest makes while "
+        "probing a device, not state a running guest waits on; QEMU < 6.0 has no "
+        "acpi-index at all (a later query reads no index)"),
+)
+
+
+# -- migration commands --------------------------------------------------------------
+
+
+@attrs.frozen
+class CommandRule:
+    """A migration command a target QEMU may not know."""
+
+    command: int
+    refuse: Callable[[Mapping[str, Any]], str | None] = \
+        attrs.field(repr=False, default=lambda tree: None)
+
+    @property
+    def name(self) -> str:
+        return COMMANDS[self.command][0]
+
+    @property
+    def key(self) -> str:
+        return f"command.{self.name}"
+
+    def pair(self) -> FilterPair:
+        rule, key, cmd = self, self.key, self.command
+
+        def drop(node: dict[str, Any], ctx: Any) -> dict[str, Any]:
+            why = rule.refuse(ctx.tree or node)
+            if why is not None:
+                raise ConversionRefused(f"migration command {rule.name}: {why}")
+            q = node[QEMU]
+            order = q["order"]
+            at = [i for i, e in enumerate(order) if e[0] == "COMMAND" and e[1] == cmd]
+            data = [bytes(order[i][2]) for i in at]
+            q["order"] = [e for i, e in enumerate(order) if i not in set(at)]
+            _stash_put(node, ctx.stash_key, key, {"command": cmd, "at": at, "data": data})
+            return node
+
+        def restore(node: dict[str, Any], ctx: Any) -> dict[str, Any]:
+            saved = _stash_take(node, ctx.stash_key, key)
+            order = list(node[QEMU]["order"])
+            for i, data in zip(saved["at"], saved["data"], strict=True):
+                order.insert(i, ["COMMAND", saved["command"], data])
+            node[QEMU]["order"] = order
+            return node
+
+        name = "qemu-command-" + self.name
+        info = COMMANDS[cmd][2]
+        return FilterPair(
+            name,
+            Filter(name + "-drop", "qemu-machine@1", "qemu-machine@1", drop, drops=(key,),
+                   description=f"drop MIG_CMD {self.name}: {info}"),
+            Filter(name + "-restore", "qemu-machine@1", "qemu-machine@1", restore,
+                   restores=(key,), description=f"restore MIG_CMD {self.name}"))
+
+
+def _vfio_present(tree: Mapping[str, Any]) -> str | None:
+    from .tree import iter_section_nodes
+
+    vfio = [p for p, n in iter_section_nodes(dict(tree))
+            if "vfio" in str(n.get(QEMU, {}).get("idstr", "")).lower()]
+    if vfio:
+        return (f"VFIO devices load their state at switchover ({', '.join(vfio)}); a target "
+                "without the command would not prepare them")
+    return None
+
+
+COMMAND_RULES: tuple[CommandRule, ...] = (CommandRule(0x0B, _vfio_present),)
+
+
+def static_filters() -> list[FilterPair]:
+    """The pairs the plugin registers (``migtree_register_filters``)."""
+    return [r.pair() for r in PART_RULES] + [r.pair() for r in COMMAND_RULES]
+
+
+# -- the machine type -----------------------------------------------------------------
+
+
+def machine_type_pair(target_machine: str, vmdesc_style: str,
+                      describes_configuration: bool) -> FilterPair:
+    """Map the stream's machine type to the target's, within one family
+    (i440fx or q35): the configuration section names the machine type and a
+    loading QEMU refuses a stream for another.  The vmdesc is written as the
+    target's QEMU writes it.  The original is stashed, so the way back gives
+    it again.  What the guest sees differently on the target machine type
+    (its compat properties) is listed by :func:`machine_notes`."""
+    pair_name = "qemu-machine-type"
+
+    def drop(node: dict[str, Any], ctx: Any) -> dict[str, Any]:
+        q = node[QEMU]
+        cfg = q.get("configuration")
+        if cfg is None:
+            raise ConversionRefused("the stream has no configuration section (QEMU < 2.4?); "
+                                    "its machine type cannot be mapped")
+        source = cfg["machine"]
+        a, b = machines.parse(source), machines.parse(target_machine)
+        if a is None or b is None or a[0] != b[0]:
+            raise ConversionRefused(
+                f"machine type {source} cannot become {target_machine}: not the same "
+                "versioned machine family (i440fx or q35); the chipset would change under "
+                "the guest")
+        _stash_put(node, ctx.stash_key, "machine_type", {
+            "machine": source, "vmdesc_style": q.get("vmdesc_style", "json-writer"),
+            "vmdesc_keys": list(q.get("vmdesc_keys", []))})
+        cfg["machine"] = target_machine
+        q["vmdesc_style"] = vmdesc_style
+        keys = [k for k in q.get("vmdesc_keys", []) if k != "configuration"]
+        if describes_configuration:
+            keys.insert(0, "configuration")
+        q["vmdesc_keys"] = keys
+        return node
+
+    def restore(node: dict[str, Any], ctx: Any) -> dict[str, Any]:
+        saved = _stash_take(node, ctx.stash_key, "machine_type")
+        q = node[QEMU]
+        q["configuration"]["machine"] = saved["machine"]
+        q["vmdesc_style"] = saved["vmdesc_style"]
+        q["vmdesc_keys"] = list(saved["vmdesc_keys"])
+        return node
+
+    return FilterPair(
+        pair_name,
+        Filter("qemu-machine-type-map", "qemu-machine@1", "qemu-machine@1", drop,
+               drops=("machine_type",), dynamic=True, plugin="migtree-qemu",
+               description=f"map the machine type to the target's {target_machine}"),
+        Filter("qemu-machine-type-restore", "qemu-machine@1", "qemu-machine@1", restore,
+               restores=("machine_type",), dynamic=True, plugin="migtree-qemu",
+               description="give the machine type back"))
+
+
+def machine_notes(tree: Mapping[str, Any], source_machine: str | None,
+                  target_machine: str) -> list[str]:
+    """Lines naming the compat properties that differ between the stream's
+    original machine type and the target's."""
+    if source_machine is None or source_machine == target_machine:
+        return []
+    diffs = machines.differences(source_machine, target_machine)
+    if diffs is None:
+        return [f"machine type {source_machine} -> {target_machine}: no compat-property "
+                "table for one of them (migtree_qemu.machines)"]
+    head = (f"machine type {source_machine} -> {target_machine}: {len(diffs)} compat "
+            "properties differ (source -> target)")
+    return [head] + [f"  {d}" for d in diffs]

@@ -1,0 +1,398 @@
+"""A QEMU destination described by its ``-dump-vmstate``: what it loads.
+
+``qemu-system-x86_64 -machine TYPE -dump-vmstate FILE`` writes, for every
+device type with a VMState, the description its loader follows: name,
+``version_id``, ``minimum_version_id``, fields (with the version each
+appeared in and whether a test decides it) and subsections, recursively,
+plus the machine type it was asked for (``vmschkmachine``).  That is a
+destination for the filter engine:
+
+* **types**: every section's vmsd name with the versions QEMU loads
+  (``minimum_version_id..version_id``); a section at another version is
+  driven there by version filters, or refused;
+* **misfits** (:class:`migtree.engine.Misfit`, docs/filters.md 2.15): a
+  subsection the target does not define, or defines at a lower version (the
+  loading QEMU refuses the whole stream); on the machine node, a machine
+  type other than the target's and migration commands the target does not
+  know.  Filters shipped in :mod:`migtree_qemu.compat` declare which of
+  these they drop or restore.
+
+The dump describes only device types whose class carries the VMState
+(``dc->vmsd``): sections registered with ``vmstate_register`` (the CPU, its
+APIC, timers, RAM, global state, and in QEMU <= 7.2 even the PIIX IDE
+controller) are not in it, and a missing vmsd cannot tell such a section
+from a device the target lacks.  Those sections pass as they are; the
+notes list them (the loading QEMU decides).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from migtree.errors import MigtreeError
+
+from . import compat
+from .qevm import MIG_COMMANDS as COMMANDS
+from .tree import (
+    MACHINE_TYPE,
+    QEMU_KEY,
+    ROOT_TYPE,
+    TYPE_KEY,
+    VERSION_KEY,
+    _sub_key,
+    iter_section_nodes,
+    layout_of,
+)
+
+STASH_KEY = "__stash__"
+_MACHINE_VERSION = re.compile(r"-(\d+)\.(\d+)$")
+_UNIQUE_SUFFIX = re.compile(r"\[\d+\]$")
+
+
+class QemuTargetError(MigtreeError):
+    """A file is not a usable ``-dump-vmstate`` description."""
+
+
+@attrs.define
+class QemuTarget:
+    """One QEMU destination: a ``-dump-vmstate`` of that QEMU for the machine
+    type it will run."""
+
+    name: str
+    machine: str
+    #: vmsd name -> its description (the dump's ``Description``)
+    vmsds: dict[str, dict[str, Any]]
+    #: the lowest QEMU version that has this machine type (the version a
+    #: QEMU-version-dependent rule assumes; None: not a versioned machine)
+    qemu_version: tuple[int, int] | None
+    format: str = "qemu"
+
+    # -- reading ----------------------------------------------------------
+    @staticmethod
+    def sniff(doc: Any) -> bool:
+        return isinstance(doc, dict) and isinstance(doc.get("vmschkmachine"), dict)
+
+    @classmethod
+    def from_dump(cls, doc: Any, name: str = "-dump-vmstate") -> QemuTarget:
+        if not cls.sniff(doc):
+            raise QemuTargetError(f"{name}: not a -dump-vmstate dump (no vmschkmachine)")
+        machine = doc["vmschkmachine"].get("Name")
+        if not isinstance(machine, str) or not machine:
+            raise QemuTargetError(f"{name}: vmschkmachine has no Name")
+        vmsds: dict[str, dict[str, Any]] = {}
+        for type_name, entry in doc.items():
+            if type_name == "vmschkmachine":
+                continue
+            desc = entry.get("Description") if isinstance(entry, dict) else None
+            if desc is None:
+                continue
+            _check_desc(desc, f"{name}: {type_name}", 0)
+            vmsds.setdefault(desc["name"], desc)
+        m = _MACHINE_VERSION.search(machine)
+        version = (int(m.group(1)), int(m.group(2))) if m else None
+        return cls(f"QEMU ({machine}, {name})", machine, vmsds, version)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> QemuTarget:
+        p = Path(path)
+        try:
+            doc = json.loads(p.read_bytes())
+        except (OSError, ValueError) as e:
+            raise QemuTargetError(f"{path}: cannot read a -dump-vmstate dump: {e}") from None
+        return cls.from_dump(doc, p.name)
+
+    # -- what it knows ------------------------------------------------------
+    def knows_command(self, cmd: int) -> bool:
+        info = COMMANDS.get(cmd)
+        if info is None:
+            return False
+        return self.qemu_version is not None and self.qemu_version >= info[1]
+
+    def vmdesc_style(self) -> str:
+        """How this target's QEMU writes a vmdesc (QEMU <= 6.1: qjson)."""
+        v = self.qemu_version
+        return "qjson" if v is not None and v < (6, 2) else "json-writer"
+
+    def describes_configuration(self) -> bool:
+        """QEMU >= 9.1 puts the configuration section in the vmdesc."""
+        return self.qemu_version is not None and self.qemu_version >= (9, 1)
+
+    # -- as an engine destination ----------------------------------------
+    def destination(self, tree: Mapping[str, Any]) -> Any:
+        """The :class:`migtree.engine.Destination` for *tree*: the dump's
+        vmsds at their version ranges; undescribed sections, the tree's
+        structural nodes and decoder nodes (lifted virtio nodes, checked by
+        their section's vmsd in :meth:`shape`) at the versions they have."""
+        from migtree.engine import Destination
+
+        types: dict[str, tuple[int, int]] = {
+            name: (d.get("minimum_version_id", 0), d.get("version_id", 0))
+            for name, d in self.vmsds.items()}
+        for t in (ROOT_TYPE, MACHINE_TYPE):
+            types.setdefault(t, (1, 1))
+        for node in _object_nodes(tree):
+            t, v = node.get(TYPE_KEY), node.get(VERSION_KEY)
+            if not isinstance(t, str) or type(v) is not int or t in self.vmsds:
+                continue
+            lo, hi = types.get(t, (v, v))
+            types[t] = (min(lo, v), max(hi, v))
+        return Destination(types=types, name=self.name, shape=self.shape)
+
+    def shape(self, path: str, node: dict[str, Any]) -> list[Any]:
+        """The misfits of *node* on this target (docs/filters.md 2.15)."""
+        from migtree.engine import Misfit
+
+        t = node.get(TYPE_KEY)
+        q = node.get(QEMU_KEY)
+        if t == MACHINE_TYPE and isinstance(q, dict):
+            return list(self._machine_misfits(node, q, Misfit))
+        if not isinstance(q, dict) or "idstr" not in q:
+            return []
+        if q.get("lifted"):
+            return list(self._lifted_misfits(node, q, Misfit))
+        desc = self.vmsds.get(t)
+        if desc is None:
+            return []  # undescribed (passes) or unknown (the engine refuses its type)
+        layout = layout_of(node)
+        return list(self._object_misfits(node, layout, desc, "", _stashed_keys(node), Misfit))
+
+    def filters(self) -> list[Any]:
+        """The filters that come with this target: the machine-type mapping
+        to its machine type (and the vmdesc as its QEMU writes it)."""
+        return [compat.machine_type_pair(self.machine, self.vmdesc_style(),
+                                         self.describes_configuration())]
+
+    def notes(self, tree: Mapping[str, Any]) -> list[str]:
+        """After filtering: the compat properties that differ when the
+        machine type was mapped, and the sections the dump cannot check."""
+        machine = tree.get("machine") if isinstance(tree, Mapping) else None
+        out: list[str] = []
+        if isinstance(machine, Mapping):
+            stash = (machine.get(STASH_KEY) or {}).get("qemu-machine-type") or {}
+            source = (stash.get("machine_type") or {}).get("machine")
+            out += compat.machine_notes(tree, source, self.machine)
+        undescribed = sorted({self._vmsd_of(n) for _, n in iter_section_nodes(dict(tree))
+                              if self._vmsd_of(n) not in self.vmsds})
+        if undescribed:
+            out.append("sections the target's -dump-vmstate does not describe (registered "
+                       "outside a device class), passed as they are: " + ", ".join(undescribed))
+        return out
+
+    @staticmethod
+    def _vmsd_of(node: Mapping[str, Any]) -> str:
+        q = node.get(QEMU_KEY) or {}
+        return str(q.get("vmsd_name") if q.get("lifted") else node.get(TYPE_KEY))
+
+    def schemas(self, tree: Mapping[str, Any]) -> dict[str, Any]:
+        from .format import QEMU_FORMAT
+        from .tree import tree_schemas
+
+        return tree_schemas(tree, QEMU_FORMAT.describe)
+
+    # -- misfits --------------------------------------------------------------
+    def _machine_misfits(self, node: dict[str, Any], q: dict[str, Any],
+                         Misfit: Any) -> Iterator[Any]:
+        cfg = q.get("configuration") or {}
+        stash = (node.get(STASH_KEY) or {}).get("qemu-machine-type", {})
+        if cfg.get("machine") != self.machine:
+            if stash.get("machine_type", {}).get("machine") == self.machine:
+                yield Misfit("machine_type", "present",
+                             f"the stream was converted from machine type {self.machine}")
+            else:
+                yield Misfit("machine_type", "absent",
+                             f"the target runs machine type {self.machine}, the stream's "
+                             f"is {cfg.get('machine')}")
+        for entry in q.get("order", []):
+            if entry[0] == "COMMAND" and not self.knows_command(entry[1]):
+                name = COMMANDS.get(entry[1], (f"0x{entry[1]:x}",))[0]
+                yield Misfit(f"command.{name}", "absent",
+                             f"migration command {name} (0x{entry[1]:x}) is unknown to QEMU "
+                             f"{_version_str(self.qemu_version)}")
+        for key, entries in (node.get(STASH_KEY) or {}).items():
+            if not key.startswith("qemu-command-"):
+                continue
+            for cmd_key, value in entries.items():
+                if isinstance(value, dict) and self.knows_command(value.get("command", -1)):
+                    yield Misfit(cmd_key, "present",
+                                 f"QEMU {_version_str(self.qemu_version)} knows "
+                                 f"{cmd_key.split('.', 1)[-1]}")
+
+    def _lifted_misfits(self, node: dict[str, Any], q: dict[str, Any],
+                        Misfit: Any) -> Iterator[Any]:
+        vmsd, version = q.get("vmsd_name"), q.get("version")
+        desc = self.vmsds.get(vmsd)
+        if desc is None:
+            return  # not described (see notes)
+        lo, hi = desc.get("minimum_version_id", 0), desc.get("version_id", 0)
+        if not lo <= version <= hi:
+            yield Misfit("section", "absent",
+                         f"section {vmsd!r} version {version} is outside {lo}..{hi}, the "
+                         f"versions the target loads")
+
+    def _object_misfits(self, plain: Mapping[str, Any], layout: Mapping[str, Any],
+                        desc: Mapping[str, Any], prefix: str, stashed: set[str],
+                        Misfit: Any) -> Iterator[Any]:
+        """Fields and subsections (recursively, also of struct fields) the
+        target does not have at this version; stashed ones it can take
+        back."""
+        target_fields = desc.get("Fields", [])
+        yield from self._field_misfits(layout, target_fields, desc, prefix, stashed, Misfit)
+        by_name = {}
+        for f in target_fields:
+            by_name.setdefault(f.get("field"), f)
+        counts: dict[str, int] = {}
+        for fdesc in layout.get("fields", []):
+            name = fdesc["name"]
+            sub_layout = fdesc.get("struct") or (fdesc if "fields" in fdesc else None)
+            target_f = by_name.get(name)
+            if not sub_layout or target_f is None or "Description" not in target_f:
+                continue
+            if "index" in fdesc:
+                continue  # elements of one array share a layout: the first is enough
+            n = counts[name] = counts.get(name, 0) + 1
+            key = name if n == 1 else f"{name}#{n}"
+            value = plain.get(key)
+            values = value if isinstance(value, list) else [value]
+            for i, v in enumerate(values):
+                if isinstance(v, Mapping):
+                    sub = f"{prefix}{key}." if not isinstance(value, list) else \
+                        f"{prefix}{key}[{i}]."
+                    yield from self._object_misfits(v, sub_layout, target_f["Description"],
+                                                    sub, stashed, Misfit)
+                    break  # one element says what the layout holds
+        known = {s.get("name"): s for s in desc.get("Subsections", [])}
+        taken = {f["name"]: None for f in layout.get("fields", [])}
+        for sdesc in layout.get("subsections", []):
+            sname = sdesc["vmsd_name"]
+            key = _sub_key(layout.get("vmsd_name", ""), sname, taken)
+            taken[key] = None
+            value = plain.get(key)
+            target_s = known.get(sname)
+            full_key = prefix + key
+            if value is None:
+                if target_s is not None and full_key in stashed:
+                    yield Misfit(full_key, "present",
+                                 f"the target defines subsection {sname!r} again")
+                continue
+            if target_s is None:
+                yield Misfit(full_key, "absent",
+                             f"subsection {sname!r} is unknown to the target "
+                             f"({_names(known)} are what its {desc.get('name')!r} defines)")
+            elif sdesc.get("version", 0) > target_s.get("version_id", 0):
+                yield Misfit(full_key, "absent",
+                             f"subsection {sname!r} version {sdesc.get('version')} is newer "
+                             f"than the target's {target_s.get('version_id')}")
+            elif isinstance(value, Mapping):
+                yield from self._object_misfits(value, sdesc, target_s, full_key + ".",
+                                                stashed, Misfit)
+
+    def _field_misfits(self, layout: Mapping[str, Any], target_fields: list[dict[str, Any]],
+                       desc: Mapping[str, Any], prefix: str, stashed: set[str],
+                       Misfit: Any) -> Iterator[Any]:
+        """Fields the stream has and the target's description does not.
+
+        QEMU adds a field without a version bump when a test
+        (``field_exists``) guards it on the sending side, so an older QEMU
+        reads fewer bytes and then misses the section footer.  Names alone
+        are not the wire format (hpet's ``num_timers`` became
+        ``num_timers_save`` in 9.x, same byte), so the stream's fields are
+        aligned with the target's in order: same name, or same size for a
+        plain value (a rename), or a target field guarded by a test that was
+        not sent.  A stream field left over is a misfit.  The reverse (a
+        target field the stream lacks) cannot be told from a dump: a
+        variable array with no elements is in the dump and not in the
+        stream.  A stashed field the target has again can come back."""
+        version = layout.get("version", desc.get("version_id", 0))
+        wanted = [f for f in target_fields if f.get("version_id", 0) <= version]
+        ours = _logical_fields(layout.get("fields", []))
+        j = 0
+        for name, size, is_struct in ours:
+            base = _UNIQUE_SUFFIX.sub("", name)
+            matched = False
+            while j < len(wanted):
+                t = wanted[j]
+                j += 1
+                t_struct = "Description" in t
+                # same name; or a rename: same size for a plain value, any
+                # struct for a struct (a struct's dump size is its C size)
+                if t.get("field") in (name, base) or (is_struct and t_struct) \
+                        or (not is_struct and not t_struct and t.get("size") == size):
+                    matched = True
+                    break
+                if not t.get("field_exists"):
+                    j = len(wanted)  # an unconditional field we do not have: stop aligning
+            if not matched:
+                yield Misfit(prefix + name, "absent",
+                             f"field {name!r} ({size} bytes) is not in the target's "
+                             f"{desc.get('name')!r} version {version}")
+                j = len(wanted)
+        target_names = {f.get("field") for f in wanted}
+        for key in sorted(stashed):
+            if key.startswith(prefix) and key[len(prefix):] in target_names:
+                yield Misfit(key, "present", f"the target's {desc.get('name')!r} has field "
+                             f"{key[len(prefix):]!r} again")
+
+
+def _logical_fields(fields: list[dict[str, Any]]) -> list[tuple[str, int, bool]]:
+    """The stream's fields as the dump lists them: an array QEMU describes
+    element by element (``index``) is one field."""
+    out: list[tuple[str, int, bool]] = []
+    prev = None
+    for f in fields:
+        if "index" in f and f.get("index", 0) > 0 and prev == f["name"] \
+                or (prev == f["name"] and "index" not in f and out and out[-1][0] == prev):
+            continue
+        prev = f["name"]
+        out.append((f["name"], f.get("size", 0), "struct" in f or "fields" in f))
+    return out
+
+
+def _object_nodes(tree: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        yield node  # type: ignore[misc]
+        for v in node.values():
+            if isinstance(v, dict) and TYPE_KEY in v:
+                stack.append(v)
+
+
+def _stashed_keys(node: Mapping[str, Any]) -> set[str]:
+    out: set[str] = set()
+    for entries in (node.get(STASH_KEY) or {}).values():
+        if isinstance(entries, dict):
+            out.update(entries)
+    return out
+
+
+def _names(known: Mapping[str, Any]) -> str:
+    return ", ".join(repr(n) for n in sorted(known)) or "no subsections"
+
+
+def _version_str(v: tuple[int, int] | None) -> str:
+    return "of unknown version" if v is None else f"{v[0]}.{v[1]}"
+
+
+def _check_desc(desc: Any, where: str, depth: int) -> None:
+    """The dump's shape, so a damaged file is an error naming the entry."""
+    if depth > 32:
+        raise QemuTargetError(f"{where}: nested deeper than 32")
+    if not isinstance(desc, dict) or not isinstance(desc.get("name"), str):
+        raise QemuTargetError(f"{where}: a Description without a name")
+    for k in ("version_id", "minimum_version_id"):
+        if k in desc and type(desc[k]) is not int:
+            raise QemuTargetError(f"{where}: {desc['name']}.{k} is not an integer")
+    for f in desc.get("Fields", []):
+        if not isinstance(f, dict) or not isinstance(f.get("field"), str):
+            raise QemuTargetError(f"{where}: {desc['name']} has a field without a name")
+        if "Description" in f:
+            _check_desc(f["Description"], f"{where}.{f['field']}", depth + 1)
+    for s in desc.get("Subsections", []):
+        _check_desc(s, f"{where}/{s.get('name') if isinstance(s, dict) else '?'}", depth + 1)
+
