@@ -1,6 +1,12 @@
 """``migtree explain STREAM --to BUILD.toml [--json]``: a dry run of the
 filter pass a migration of STREAM into BUILD would make.
 
+``migtree explain STREAM --target DEST [--json]``: the same for any target
+``convert --target`` takes (:mod:`migtree.targets`: a build, a schema dump,
+a QEMU ``-dump-vmstate``), on a stream of any format: every application,
+then the target's notes (for QEMU: the compat properties that differ when
+the machine type is mapped). Exit 0 when the filters get there.
+
 It reads the stream (no device consulted), composes the destination build,
 runs the engine with ``explain`` on -- every application with its filter,
 plugin, static/dynamic, path, before/after ``type@version``, per-field diff,
@@ -23,9 +29,14 @@ HELP = "dry-run the filters a migration of STREAM into BUILD would apply"
 
 def add_parser(subparsers: Any) -> None:
     p = subparsers.add_parser("explain", help=HELP, description=HELP + ".")
-    p.add_argument("stream", metavar="STREAM", help="a migtree stream file")
-    p.add_argument("--to", required=True, metavar="BUILD.toml",
-                   help="the destination build configuration")
+    p.add_argument("stream", metavar="STREAM",
+                   help="a migtree stream file (with --target: any stream format)")
+    dest = p.add_mutually_exclusive_group(required=True)
+    dest.add_argument("--to", metavar="BUILD.toml",
+                      help="the destination build configuration")
+    dest.add_argument("--target", metavar="DEST",
+                      help="what convert --target takes: a build, a schema dump, or a "
+                           "description a plugin recognises (a QEMU -dump-vmstate)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=run)
 
@@ -106,10 +117,51 @@ def explain(stream: Any, build: Any) -> dict[str, Any]:
             "filters": report.as_dict(), "load": load, "_report": report}
 
 
+def explain_target(stream: str, target_path: str, registry: Any) -> dict[str, Any]:
+    """The dry run towards a target (the ``--json`` output of ``--target``)."""
+    from ..errors import FilterError
+    from ..formats import open_stream
+    from ..targets import filter_to_target, open_target
+
+    target = open_target(target_path, registry)
+    fmt, header, tree = open_stream(stream, registry)
+    error, notes = None, []
+    try:
+        report, notes = filter_to_target(tree, target, registry, explain=True)
+    except FilterError as e:
+        report, error = e.report, str(e)  # type: ignore[attr-defined]
+    return {"ok": error is None, "stream": str(stream), "format": fmt,
+            "destination": target.name, "error": error, "notes": notes,
+            "filters": report.as_dict(), "_report": report}
+
+
+def run_target(args: Any) -> int:
+    from ..plugins import get_registry
+
+    doc = explain_target(args.stream, args.target, get_registry())
+    report = doc.pop("_report")
+    if args.json:
+        json.dump(doc, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return 0 if doc["ok"] else 1
+    out = sys.stdout
+    out.write(f"{doc['format']} stream {args.stream} towards {doc['destination']}\n")
+    out.write(report.format_text() + "\n")
+    for note in doc["notes"]:
+        out.write(f"note: {note}\n")
+    if doc["error"] is not None:
+        out.write(f"REFUSED: {doc['error']}\n")
+        return 1
+    out.write("converts: yes\n")
+    return 0
+
+
 def run(args: Any) -> int:
     from ..build import load_build
     from ..plugins import get_registry
 
+    if args.target is not None:
+        return run_target(args)
     build = load_build(args.to, get_registry())
     doc = explain(args.stream, build)
     report = doc.pop("_report")

@@ -42,6 +42,7 @@ from .qevm import MIG_COMMANDS as COMMANDS
 from .tree import (
     MACHINE_TYPE,
     QEMU_KEY,
+    RAM_TYPE,
     ROOT_TYPE,
     TYPE_KEY,
     VERSION_KEY,
@@ -178,10 +179,12 @@ class QemuTarget:
             source = (stash.get("machine_type") or {}).get("machine")
             out += compat.machine_notes(tree, source, self.machine)
         undescribed = sorted({self._vmsd_of(n) for _, n in iter_section_nodes(dict(tree))
-                              if self._vmsd_of(n) not in self.vmsds})
+                              if self._vmsd_of(n) not in self.vmsds
+                              and n.get(TYPE_KEY) != RAM_TYPE})
         if undescribed:
             out.append("sections the target's -dump-vmstate does not describe (registered "
-                       "outside a device class), passed as they are: " + ", ".join(undescribed))
+                       "outside a device class), passed as they are (RAM is checked by "
+                       "the loading QEMU): " + ", ".join(undescribed))
         return out
 
     @staticmethod
