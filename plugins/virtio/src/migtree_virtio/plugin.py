@@ -11,8 +11,10 @@ from .filters import PAIR
 @hookimpl
 def migtree_register_types(register):
     from .qemu import QemuVirtioBlk, QemuVirtioPci
+    from .qemu_devices import TYPES as QEMU_DEVICE_TYPES
 
-    for cls in (VirtioDevice, VirtioPci, VirtioBlk, VirtioBlkPci, QemuVirtioPci, QemuVirtioBlk):
+    for cls in (VirtioDevice, VirtioPci, VirtioBlk, VirtioBlkPci, QemuVirtioPci, QemuVirtioBlk,
+                *QEMU_DEVICE_TYPES):
         register(cls)
 
 
@@ -25,10 +27,15 @@ def migtree_register_filters(register):
 
 @hookimpl
 def migtree_register_opaque_decoders(register):
-    """QEMU's ``virtio`` blob of a virtio-blk-pci section (``migtree_virtio.qemu``)."""
+    """QEMU's ``virtio`` field of virtio-blk (``migtree_virtio.qemu``), virtio-net,
+    virtio-balloon, virtio-serial (``virtio-console``), virtio-rng, virtio-scsi and
+    virtio-gpu sections (``migtree_virtio.qemu_devices``)."""
     from .qemu import DECODER
+    from .qemu_devices import DECODERS
 
     register(DECODER)
+    for decoder in DECODERS.values():
+        register(decoder)
 
 
 @hookimpl
