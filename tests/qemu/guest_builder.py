@@ -7,16 +7,23 @@ a writer against ``/dev/vda`` forever, printing ``MIGTREE-IO <n>`` on the
 serial console as it goes.  Streams taken from it have configured virtqueues
 with moved indices (QEMU drains in-flight requests when it stops the VM).
 
+A second initramfs, the *devices guest* (:func:`build_devices_guest`), loads
+the drivers of every virtio device tests/qemu/test_qemu_virtio_devices.py
+gives it (network, balloon, serial console, RNG, SCSI, GPU, block; each
+module with the modules it depends on, read from its ``modinfo``) and uses
+them all, printing ``MIGTREE-DEV <n>`` as it goes.
+
 Artifacts are cached in a directory (default ``/tmp/migtree-qemu-guest``);
 nothing here is committed.  By hand::
 
-    python tests/qemu/guest_builder.py [CACHE_DIR]
+    python tests/qemu/guest_builder.py [CACHE_DIR] [--devices]
 """
 
 from __future__ import annotations
 
 import glob
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -71,6 +78,49 @@ done
 """
 
 
+#: the devices guest's drivers (their dependencies are found and loaded first)
+DEVICE_MODULES = ["virtio_pci", "virtio_blk", "virtio_net", "virtio_balloon",
+                  "virtio_console", "virtio_rng", "virtio_scsi", "sd_mod", "virtio_gpu"]
+
+# Everything it does stays inside QEMU: DHCP and ping go to QEMU's user-mode
+# network stack (started with restrict=on), console bytes to a chardev.
+DEVICES_INIT = r"""#!/bin/busybox sh
+/bin/busybox --install -s /bin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+for m in __MODULES__; do
+  insmod /lib/modules/$m.ko || echo "MIGTREE-INIT insmod $m failed"
+done
+n=0
+for d in /dev/vda /dev/sda /dev/hvc0 /dev/hwrng /sys/class/net/eth0; do
+  while [ ! -e $d ]; do
+    n=$((n+1)); [ $n -gt 300 ] && echo "MIGTREE-INIT no $d" && poweroff -f
+    sleep 0.1
+  done
+done
+ip link set lo up
+ip link set eth0 up
+udhcpc -i eth0 -f -q -n -t 5 -T 1 -s /bin/true >/dev/null 2>&1 \
+  && echo "MIGTREE-DEV dhcp" || echo "MIGTREE-DEV no dhcp"
+ip addr add 10.0.2.15/24 dev eth0
+exec 3>/dev/hvc0
+echo "MIGTREE-HVC hello" >&3
+dd if=/dev/hwrng of=/dev/null bs=16 count=1 2>/dev/null && echo "MIGTREE-DEV hwrng"
+echo "MIGTREE-DEV ready"
+i=0
+while true; do
+  i=$((i+1))
+  echo "MIGTREE-HVC $i" >&3
+  dd if=/dev/hwrng of=/dev/null bs=16 count=1 2>/dev/null
+  dd if=/dev/sda of=/dev/null bs=4096 count=4 skip=$((i % 1000)) iflag=direct 2>/dev/null
+  dd if=/dev/vda of=/dev/null bs=4096 count=4 skip=$((i % 1000)) iflag=direct 2>/dev/null
+  ping -c 1 -W 1 10.0.2.2 >/dev/null 2>&1
+  echo "MIGTREE-DEV $i"
+done
+"""
+
+
 class GuestBuildError(RuntimeError):
     pass
 
@@ -115,7 +165,30 @@ def _cpio_entry(out: bytearray, name: str, mode: int, data: bytes = b"",
     out += b"\0" * (-len(out) % 4)
 
 
-def build_initramfs(busybox: Path, modules: list[Path], out_path: Path) -> Path:
+def module_order(moddir: Path, wanted: list[str]) -> list[Path]:
+    """The ``.ko`` files of *wanted* (module names) and of every module they
+    depend on (each module's ``modinfo`` ``depends=``), dependencies first."""
+    files = {p.name[:-3].replace("-", "_"): p for p in moddir.rglob("*.ko")}
+    order: list[str] = []
+
+    def visit(name: str) -> None:
+        if name in order:
+            return
+        if name not in files:
+            raise GuestBuildError(f"module {name} is not in the kernel package")
+        m = re.search(rb"(?:^|\0)depends=([^\0]*)\0", files[name].read_bytes())
+        for dep in (m.group(1).decode().split(",") if m else []):
+            if dep:
+                visit(dep.replace("-", "_"))
+        order.append(name)
+
+    for name in wanted:
+        visit(name)
+    return [files[n] for n in order]
+
+
+def build_initramfs(busybox: Path, modules: list[Path], out_path: Path,
+                    init: str = INIT) -> Path:
     out = bytearray()
     ino = 1
     for d in ("bin", "dev", "proc", "sys", "tmp", "lib", "lib/modules"):
@@ -133,8 +206,8 @@ def build_initramfs(busybox: Path, modules: list[Path], out_path: Path) -> Path:
                     ino=ino)
         names.append(m.stem)
         ino += 1
-    init = INIT.replace("__MODULES__", " ".join(names)).encode()
-    _cpio_entry(out, "init", stat.S_IFREG | 0o755, init, ino=ino)
+    script = init.replace("__MODULES__", " ".join(names)).encode()
+    _cpio_entry(out, "init", stat.S_IFREG | 0o755, script, ino=ino)
     _cpio_entry(out, "TRAILER!!!", 0)
     out_path.write_bytes(bytes(out))
     return out_path
@@ -143,9 +216,19 @@ def build_initramfs(busybox: Path, modules: list[Path], out_path: Path) -> Path:
 def build_guest(cache: Path = DEFAULT_CACHE) -> tuple[Path, Path]:
     """Return ``(kernel, initramfs)``, downloading and building them into
     *cache* the first time."""
-    cache = Path(cache)
+    return _build(Path(cache), "initramfs.cpio", None, INIT)
+
+
+def build_devices_guest(cache: Path = DEFAULT_CACHE) -> tuple[Path, Path]:
+    """Return ``(kernel, initramfs)`` of the devices guest (the same kernel
+    as :func:`build_guest`'s), building them into *cache* the first time."""
+    return _build(Path(cache), "initramfs-devices.cpio", DEVICE_MODULES, DEVICES_INIT)
+
+
+def _build(cache: Path, initrd_name: str, wanted: list[str] | None,
+           init: str) -> tuple[Path, Path]:
     kernel_out = cache / "vmlinuz"
-    initrd_out = cache / "initramfs.cpio"
+    initrd_out = cache / initrd_name
     if kernel_out.exists() and initrd_out.exists():
         return kernel_out, initrd_out
     cache.mkdir(parents=True, exist_ok=True)
@@ -155,7 +238,7 @@ def build_guest(cache: Path = DEFAULT_CACHE) -> tuple[Path, Path]:
         _apt_download([_kernel_package()], debs)
     if not glob.glob(str(debs / "busybox-static*.deb")):
         _apt_download(["busybox-static"], debs)
-    root = cache / "root"
+    root = cache / f"root-{os.getpid()}"
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir()
     for deb in sorted(debs.glob("*.deb")):
@@ -164,19 +247,25 @@ def build_guest(cache: Path = DEFAULT_CACHE) -> tuple[Path, Path]:
     if not vmlinuz:
         raise GuestBuildError("no boot/vmlinuz-* in the kernel package")
     moddir = sorted(root.glob("lib/modules/*/kernel"))[-1]
-    modules = [moddir / m for m in MODULES]
+    if wanted is None:
+        modules = [moddir / m for m in MODULES]
+    else:
+        modules = module_order(moddir, wanted)
     missing = [str(m) for m in modules if not m.exists()]
     if missing:
         raise GuestBuildError(f"virtio modules missing from the kernel package: {missing}")
     busybox = root / "bin" / "busybox"
     tmp = initrd_out.with_suffix(".tmp")
-    build_initramfs(busybox, modules, tmp)
-    shutil.copyfile(vmlinuz[-1], kernel_out.with_suffix(".tmp"))
-    kernel_out.with_suffix(".tmp").rename(kernel_out)
+    build_initramfs(busybox, modules, tmp, init)
+    if not kernel_out.exists():
+        shutil.copyfile(vmlinuz[-1], kernel_out.with_suffix(".tmp"))
+        kernel_out.with_suffix(".tmp").rename(kernel_out)
     tmp.rename(initrd_out)
     shutil.rmtree(root, ignore_errors=True)
     return kernel_out, initrd_out
 
 
 if __name__ == "__main__":
-    print(*build_guest(Path(sys.argv[1]) if len(sys.argv) > 1 else DEFAULT_CACHE))
+    args = [a for a in sys.argv[1:] if a != "--devices"]
+    build = build_devices_guest if "--devices" in sys.argv[1:] else build_guest
+    print(*build(Path(args[0]) if args else DEFAULT_CACHE))
