@@ -39,6 +39,25 @@ class StreamFormat:
     :ivar write: ``write(fp, header, tree)``, or None if the format is read-only
     :ivar description: one line for listings
     :ivar plugin: the distribution that registered it (set by the registry)
+    :ivar read_description: optional, with ``check``: ``read_description(data:
+        bytes) -> object | None``: is this file (its whole content) a
+        *description* of what a destination of your format accepts (QEMU's
+        ``-dump-vmstate``)? Return the description (any object ``check``
+        takes), None when it is not one of yours; raise a
+        :class:`~migtree.errors.MigtreeError` naming the bad entry when it is
+        one but malformed. ``migtree check`` asks every format, in name
+        order, for a file that is not a build, a schema dump or a stream.
+    :ivar check: optional, with ``read_description``: ``check(src_desc,
+        dst_desc, filters) -> report``: what a destination described by
+        ``dst_desc`` cannot load of what the source described by ``src_desc``
+        sends, and which of ``filters`` (the engine's :class:`Filter` s,
+        judged by their declarations only -- never run) bridge it. The
+        report has ``.compatible`` (bool: the destination loads what the
+        source sends, through those filters), ``.as_dict()`` (JSON-able;
+        ``migtree check --json`` prints it) and ``.format_text()`` (what
+        ``migtree check`` prints). Plugins
+        whose format object is their own class (not this one) give it the
+        same two methods; the core reads them with ``getattr``.
     """
 
     name: str
@@ -47,6 +66,8 @@ class StreamFormat:
     write: Callable[[IO[bytes], dict[str, Any], dict[str, Any]], None] | None = None
     description: str = ""
     plugin: str | None = None
+    read_description: Callable[[bytes], Any] | None = None
+    check: Callable[[Any, Any, list[Any]], Any] | None = None
 
 
 @attrs.define

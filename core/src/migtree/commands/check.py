@@ -15,6 +15,14 @@ The filters are B's: a build's static filters plus the dynamic ones its
 objects register; for a dump, the declarations in its ``filters`` list, or
 -- when it has none -- the filters installed here.
 
+A and B may also be *descriptions* another emulator writes of what it
+accepts (QEMU's ``-dump-vmstate``): when a file is not a build, a schema
+dump or a stream, every registered stream format that has
+``read_description`` and ``check`` (``migtree.formats.StreamFormat``) is
+asked, in name order, whether it is one of its descriptions. Two
+descriptions of one format are compared by that format's ``check``, with
+the filters installed here; the core knows nothing of the format.
+
 Exit status 0 only when compatible, 1 when not (or on an error).
 """
 
@@ -31,16 +39,53 @@ HELP = "decide whether what build/dump A writes loads into build/dump B"
 def add_parser(subparsers: Any) -> None:
     p = subparsers.add_parser("check", help=HELP, description=HELP + ".")
     p.add_argument("--from", dest="source", required=True, metavar="A",
-                   help="source: a build .toml, a schema dump .json, or a stream")
+                   help="source: a build .toml, a schema dump .json, a stream, or a "
+                        "description a stream format reads (QEMU's -dump-vmstate)")
     p.add_argument("--to", dest="destination", required=True, metavar="B",
-                   help="destination: a build .toml or a schema dump .json")
+                   help="destination: a build .toml, a schema dump .json, or a description "
+                        "of the same format as A")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=run)
 
 
+class Description:
+    """A file a registered stream format recognised as one of its
+    descriptions (``StreamFormat.read_description``)."""
+
+    def __init__(self, fmt: Any, name: str, value: Any) -> None:
+        self.format = fmt
+        self.name = name
+        self.value = value
+
+
+def _description(path: str, data: bytes, registry: Any) -> Description | None:
+    """Ask every registered format with ``read_description`` and ``check``,
+    in name order, whether *data* is one of its descriptions."""
+    from ..errors import MigtreeError, PluginError
+    from ..formats import formats
+
+    for name, fmt in formats(registry).items():
+        reader = getattr(fmt, "read_description", None)
+        if not callable(reader) or not callable(getattr(fmt, "check", None)):
+            continue
+        try:
+            value = reader(data)
+        except MigtreeError as e:
+            raise MigtreeError(f"{path}: {name} description: {e}") from None
+        except Exception as e:
+            raise PluginError(f"stream format {name!r} (plugin {fmt.plugin}): "
+                              f"read_description failed on {path}: "
+                              f"{e.__class__.__name__}: {e}") from e
+        if value is not None:
+            return Description(fmt, name, value)
+    return None
+
+
 def _read(path: str, registry: Any, allow_stream: bool) -> tuple[str, Any]:
-    """("build", Build) | ("schema", dict) | ("stream", tree)."""
+    """("build", Build) | ("schema", dict) | ("stream", tree) |
+    ("description", :class:`Description`)."""
     from ..build import load_build
+    from ..engine import SCHEMA_FORMAT
     from ..errors import MigtreeError
 
     p = Path(path)
@@ -58,20 +103,82 @@ def _read(path: str, registry: Any, allow_stream: bool) -> tuple[str, Any]:
     try:
         doc = json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        desc = _description(path, data, registry)
+        if desc is not None:
+            return "description", desc
         what = "a build .toml, a schema dump or a stream" if allow_stream else \
             "a build .toml or a schema dump"
         raise MigtreeError(f"{path}: not {what} (not JSON: {e})") from None
+    if isinstance(doc, dict) and "types" not in doc and doc.get("format") != SCHEMA_FORMAT:
+        desc = _description(path, data, registry)
+        if desc is not None:
+            return "description", desc
     if not isinstance(doc, dict):
         raise MigtreeError(f"{path}: a schema dump is a JSON object")
     return "schema", doc
 
 
+class DescriptionCheck:
+    """A format's ``check`` report on two descriptions, with what the core
+    adds: which format and plugin judged, and with how many filters."""
+
+    def __init__(self, report: Any, fmt: Description, filters: int) -> None:
+        self.report = report
+        self.format = fmt
+        self.notes = [f"compared by stream format {fmt.name!r} (plugin "
+                      f"{fmt.format.plugin}) with the {filters} filters installed here"]
+
+    @property
+    def compatible(self) -> bool:
+        return bool(self.report.compatible)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**self.report.as_dict(),
+                "checked_by": {"format": self.format.name, "plugin": self.format.format.plugin,
+                               "notes": list(self.notes)}}
+
+    def format_text(self) -> str:
+        return self.report.format_text() + "".join(f"\nnote {n}" for n in self.notes)
+
+
+_KINDS = {"build": "a build", "schema": "a schema dump", "stream": "a stream"}
+
+
+def _check_descriptions(source: tuple[str, str, Any], destination: tuple[str, str, Any],
+                        registry: Any) -> DescriptionCheck:
+    """Two ``(path, kind, value)``, at least one a description."""
+    from ..engine import gather_filters
+    from ..errors import MigtreeError, PluginError
+
+    (spath, skind, src), (dpath, dkind, dst) = source, destination
+    if skind != dkind:
+        (p, d), (q, k) = (((spath, src), (dpath, dkind)) if skind == "description"
+                          else ((dpath, dst), (spath, skind)))
+        raise MigtreeError(f"{p} is a {d.name} description and {q} is {_KINDS[k]}: compare "
+                           "a description with a description of the same format")
+    if src.name != dst.name:
+        raise MigtreeError(f"{spath} is a {src.name} description and {dpath} a "
+                           f"{dst.name} one: they cannot be compared")
+    filters = gather_filters(registry)
+    try:
+        report = src.format.check(src.value, dst.value, filters)
+    except MigtreeError:
+        raise
+    except Exception as e:
+        raise PluginError(f"stream format {src.name!r} (plugin {src.format.plugin}): check "
+                          f"failed: {e.__class__.__name__}: {e}") from e
+    return DescriptionCheck(report, src, len(filters))
+
+
 def check_paths(source: str, destination: str, registry: Any) -> Any:
-    """The :class:`~migtree.engine.CheckReport` for two paths."""
+    """The :class:`~migtree.engine.CheckReport` for two paths (a
+    :class:`DescriptionCheck` for two descriptions)."""
     from ..engine import Destination, check, filters_from_declarations, gather_filters
 
-    _, src = _read(source, registry, allow_stream=True)
+    src_kind, src = _read(source, registry, allow_stream=True)
     kind, dst = _read(destination, registry, allow_stream=False)
+    if "description" in (src_kind, kind):
+        return _check_descriptions((source, src_kind, src), (destination, kind, dst), registry)
     notes = []
     if kind == "build":
         dest = Destination.of_build(dst)

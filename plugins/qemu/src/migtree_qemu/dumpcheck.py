@@ -158,7 +158,8 @@ class _Validator:
         self.counts = False
 
     def fail(self, where: str, what: str) -> QemuDumpError:
-        return QemuDumpError(f"{self.name}: {where}: {what}")
+        return QemuDumpError(f"{self.name}: {where}: {what}" if self.name else
+                             f"{where}: {what}")
 
     def need_int(self, obj: Mapping[str, Any], key: str, where: str,
                  default: int | None = None) -> None:
@@ -223,13 +224,15 @@ class _Validator:
         return VmstateDump(self.name, machine["Name"], entries, self.counts)
 
 
-def parse_dump(doc: Any, name: str = "dump") -> VmstateDump:
+def parse_dump(doc: Any, name: str = "") -> VmstateDump:
     """Validate *doc* (the parsed JSON) as a dump; :class:`QemuDumpError`
-    naming the entry when it is not one."""
+    naming the entry (and *name*, the file, when given) when it is not one."""
     if not is_dump(doc):
-        raise QemuDumpError(f"{name}: not a QEMU -dump-vmstate dump (a JSON object with a "
-                            f"{MACHINE_KEY!r} entry)")
-    return _Validator(name).dump(doc)
+        raise QemuDumpError((f"{name}: " if name else "") + "not a QEMU -dump-vmstate dump (a "
+                            f"JSON object with a {MACHINE_KEY!r} entry)")
+    dump = _Validator(name).dump(doc)
+    dump.name = name or "dump"
+    return dump
 
 
 def read_description(path_or_bytes: Any, name: str | None = None) -> VmstateDump | None:
@@ -243,7 +246,7 @@ def read_description(path_or_bytes: Any, name: str | None = None) -> VmstateDump
         data = Path(path_or_bytes).read_bytes()
     else:
         data = bytes(path_or_bytes)
-    name = name or "dump"
+    name = name or ""
     head = data.lstrip()[:1]
     if head != b"{":
         return None
@@ -252,7 +255,8 @@ def read_description(path_or_bytes: Any, name: str | None = None) -> VmstateDump
     except (UnicodeDecodeError, json.JSONDecodeError):
         # a dump's first entry is "vmschkmachine"; anything else is not ours
         if MACHINE_KEY.encode() in data[:200]:
-            raise QemuDumpError(f"{name}: a -dump-vmstate dump that is not valid JSON") from None
+            raise QemuDumpError((f"{name}: " if name else "")
+                                + "a -dump-vmstate dump that is not valid JSON") from None
         return None
     if not is_dump(doc):
         return None
@@ -435,8 +439,11 @@ class DumpCheckReport:
         }
 
     def format_text(self) -> str:
-        lines = [f"QEMU -dump-vmstate descriptions: {self.source_machine} ({self.source}) -> "
-                 f"{self.destination_machine} ({self.destination})"]
+        def named(machine: str | None, name: str) -> str:
+            return f"{machine}" + (f" ({name})" if name and name != "dump" else "")
+
+        lines = [f"QEMU -dump-vmstate descriptions: {named(self.source_machine, self.source)} "
+                 f"-> {named(self.destination_machine, self.destination)}"]
         if self.machine is not None:
             lines.append(f"{_LABEL[self.machine.status]:<8} machine type: {self.machine.line()}")
         order = {"gap": 0, "conditional": 1, "bridged": 2, "ok": 3}
@@ -680,11 +687,13 @@ class _Compare:
                      f"same {total} bytes on the wire, split differently", breaks=False)
             return [], []
         if verdict == "undecidable":
-            old = ", ".join(d.name for d in (self.src, self.dst) if not d.counts)
+            old = " and ".join(f"the {side}'s dump" for side, d in
+                               (("source", self.src), ("destination", self.dst)) if not d.counts)
+            verb = "give" if " and " in old else "gives"
             self.add("field-undecidable", key, within,
                      f"fields {names_s} of the source are {names_d} in the destination; "
-                     f"whether the bytes line up cannot be told: {old} gives no element "
-                     "count for arrays (dumps before QEMU 9.1 give element sizes only)")
+                     f"whether the bytes line up cannot be told: {old} {verb} no element "
+                     "count for arrays (QEMU before 9.1 dumps element sizes only)")
             return [], []
         # the leading fields that line up one to one are renames; the rest is
         # removed / added
@@ -968,9 +977,11 @@ def compare(src: VmstateDump, dst: VmstateDump, filters: Iterable[Any] = ()) -> 
     if any(f.path for f in flist):
         report.notes.append("a dump has no QOM paths: path-limited filters are assumed to apply")
     if not (src.counts and dst.counts):
-        old = [d.name for d in (src, dst) if not d.counts]
-        report.notes.append(f"{', '.join(old)}: no element counts for arrays (QEMU before 9.1 "
-                            "dumps element sizes only): arrays of the same name are compared by "
+        old = " and ".join(f"the {side}'s dump" for side, d in
+                           (("source", src), ("destination", dst)) if not d.counts)
+        verb = "give" if " and " in old else "gives"
+        report.notes.append(f"{old} {verb} no element counts for arrays (QEMU before 9.1 dumps "
+                            "element sizes only): arrays of the same name are compared by "
                             "element size")
     return report
 
@@ -992,6 +1003,33 @@ def _machine(src: VmstateDump, dst: VmstateDump, filters: list[Any]) -> Differen
     return diff
 
 
+def destination_filters(src: VmstateDump, dst: VmstateDump) -> tuple[list[Any], str]:
+    """The filters the destination brings itself, as a ``convert --target``
+    target does (:meth:`migtree_qemu.target.QemuTarget.filters`): the
+    mapping of the stream's machine type to the destination's, which works
+    within one versioned family (i440fx or q35); and a note saying so."""
+    from . import machines
+    from .target import QemuTarget
+
+    a, b = machines.parse(src.machine or ""), machines.parse(dst.machine or "")
+    if src.machine == dst.machine:
+        return [], ""
+    if a is None or b is None or a[0] != b[0]:
+        return [], (f"the destination's machine-type mapping works within one versioned "
+                    f"family (pc-i440fx-X or pc-q35-X): it does not apply from {src.machine} "
+                    f"to {dst.machine}")
+    target = QemuTarget.from_dump({MACHINE_KEY: {"Name": dst.machine}, **dst.entries},
+                                  dst.name)
+    return list(target.filters()), ("the destination brings its machine-type mapping to "
+                                     f"{dst.machine}, as for `migtree convert --target`")
+
+
 def check(src: VmstateDump, dst: VmstateDump, filters: Iterable[Any]) -> DumpCheckReport:
-    """The stream format's ``check`` hook: :func:`compare`."""
-    return compare(src, dst, filters)
+    """The stream format's ``check`` hook: :func:`compare` with *filters*
+    (the installed ones) and the destination's own
+    (:func:`destination_filters`)."""
+    extra, note = destination_filters(src, dst)
+    report = compare(src, dst, [*filters, *extra])
+    if note:
+        report.notes.append(note)
+    return report
