@@ -130,7 +130,8 @@ class QemuVM:
     def __init__(self, args: list[str], workdir: Path, name: str = "vm",
                  build: versions.QemuBuild | None = None) -> None:
         self.workdir = Path(workdir)
-        self.sock = Path(tempfile.mkdtemp(prefix="qmp")) / f"{name}.sock"
+        # a short path: unix socket paths are limited to 107 bytes
+        self.sock = Path(tempfile.mkdtemp(prefix="qmp")) / "qmp.sock"
         self.log = self.workdir / f"{name}.log"
         self.env = build.environ() if build is not None else None
         self.argv = [*(build.argv if build is not None else [QEMU or "qemu-system-x86_64"]),

@@ -262,7 +262,7 @@ def test_older_machine_types_carry_more_compat_properties():
     for family in ("i440fx", "q35"):
         chain = sorted((n for n in NAMES if machines.parse(n)[0] == family),
                        key=lambda n: machines.parse(n)[1])
-        for older, newer in zip(chain, chain[1:]):
+        for older, newer in zip(chain, chain[1:], strict=False):
             assert set(machines.compat_props(newer)) <= set(machines.compat_props(older)), \
                 (older, newer)
             assert len(machines.compat_props(newer)) < len(machines.compat_props(older))

@@ -97,6 +97,13 @@ class PartRule:
         why dropping is safe when :attr:`refuse` lets it
     :param refuse: ``refuse(node, value) -> reason | None``: why dropping it
         would lose state the guest depends on, for these values
+    :param sent_unless: ``(qom-type, property, value)``: a compat property
+        with which a machine type neither sends nor reads the part (a
+        field's test); then whether the target reads it is known from its
+        machine type, both ways
+    :param default: for a field a target reads and the stream lacks (an
+        older machine type's stream on a newer one): ``{"value": ...,
+        "layout": field description, "after": the field it follows}``
     """
 
     section: str
@@ -107,6 +114,22 @@ class PartRule:
     needed: str
     refuse: Callable[[Mapping[str, Any], Any], str | None] = \
         attrs.field(repr=False, default=lambda node, value: None)
+    sent_unless: tuple[str, str, str] | None = None
+    default: Mapping[str, Any] | None = None
+
+    def expected_by(self, machine: str, qemu_version: tuple[int, int] | None) -> bool | None:
+        """Whether a QEMU running *machine* reads this part; None when only
+        its ``-dump-vmstate`` can tell."""
+        if self.sent_unless is None:
+            return None
+        since = tuple(int(x) for x in self.since.split("."))
+        if qemu_version is not None and qemu_version < since:
+            return False
+        props = machines.compat_props(machine)
+        if props is None:
+            return None
+        qom_type, prop, value = self.sent_unless
+        return props.get((qom_type, prop)) != value
 
     @property
     def pair_name(self) -> str:
@@ -128,7 +151,15 @@ class PartRule:
             return node
 
         def restore(node: dict[str, Any], ctx: Any) -> dict[str, Any]:
-            saved = _stash_take(node, ctx.stash_key, key)
+            if key in (node.get(STASH) or {}).get(ctx.stash_key, {}):
+                saved = _stash_take(node, ctx.stash_key, key)
+            elif rule.default is not None and rule.kind == "field":
+                saved = {"value": rule.default["value"], "layout": rule.default["layout"],
+                         "at": _field_index_after(node, rule.default["after"])}
+                ctx.note_default(key, rule.default["value"])
+            else:
+                raise ConversionRefused(f"{key} ({rule.kind} {rule.qemu_name}): the target "
+                                        "reads it and the stream has no value for it")
             if rule.kind == "field":
                 _put_field_layout(node, saved["at"], saved["layout"])
                 saved = saved["value"]
@@ -156,6 +187,16 @@ def _take_field_layout(node: dict[str, Any], key: str) -> dict[str, Any]:
     fdesc = fields.pop(at[0])
     node[QEMU]["layout"] = qemu_json(layout)
     return {"at": at[0], "layout": fdesc}
+
+
+def _field_index_after(node: dict[str, Any], name: str) -> int:
+    """Where a field goes that follows field *name* (the last entry of an
+    array QEMU describes element by element)."""
+    fields = json.loads(node[QEMU]["layout"]).get("fields", [])
+    at = [i for i, f in enumerate(fields) if f.get("name") == name]
+    if not at:
+        raise ConversionRefused(f"the section's layout has no field {name!r} to follow")
+    return at[-1] + 1
 
 
 def _put_field_layout(node: dict[str, Any], at: int, fdesc: dict[str, Any]) -> None:
@@ -218,7 +259,50 @@ PART_RULES: tuple[PartRule, ...] = (
         "acpi-index (i440fx >= 6.0): the value the guest's ACPI _DSM last read back for a "
         "PCI device's acpi-index. It is a reply register of a query the guest makes while "
         "probing a device, not state a running guest waits on; QEMU < 6.0 has no "
-        "acpi-index at all (a later query reads no index)"),
+        "acpi-index at all (a later query reads no index). On a machine type that has "
+        "it, the stream of one that has not gets 0 (no query made)",
+        sent_unless=("PIIX4_PM", "x-not-migrate-acpi-index", "on"),
+        default={"value": 0, "after": "acpi_pci_hotplug.acpi_pcihp_pci_status",
+                 "layout": {"name": "acpi_pci_hotplug.acpi_index", "type": "uint32",
+                            "size": 4}}),
+)
+
+
+def part_rules_for(type_name: str, version: int) -> list[PartRule]:
+    return [r for r in PART_RULES if r.section == f"{type_name}@{version}"]
+
+
+# -- virtio features a guest may have negotiated ------------------------------------------
+
+
+@attrs.frozen
+class VirtioFeature:
+    """A virtio feature bit whose offer depends on the QEMU version and the
+    machine type (a compat property turns it off for older machine types).
+    A guest that negotiated it keeps using it: a target that does not offer
+    it refuses the device's state (QEMU: "Features ... unsupported"), or
+    worse, so the converter refuses first."""
+
+    bit: int
+    name: str
+    qom_type: str
+    property: str
+    since: tuple[int, int]
+
+    def offered(self, machine: str, qemu_version: tuple[int, int] | None) -> bool | None:
+        if qemu_version is not None and qemu_version < self.since:
+            return False
+        props = machines.compat_props(machine)
+        if props is None:
+            return None
+        return props.get((self.qom_type, self.property)) not in ("false", "off")
+
+
+VIRTIO_FEATURES: tuple[VirtioFeature, ...] = (
+    VirtioFeature(40, "VIRTIO_F_RING_RESET", "virtio-device", "queue_reset", (7, 2)),
+    VirtioFeature(54, "VIRTIO_NET_F_GUEST_USO4", "virtio-net-device", "guest_uso4", (8, 2)),
+    VirtioFeature(55, "VIRTIO_NET_F_GUEST_USO6", "virtio-net-device", "guest_uso6", (8, 2)),
+    VirtioFeature(56, "VIRTIO_NET_F_HOST_USO", "virtio-net-device", "host_uso", (8, 2)),
 )
 
 

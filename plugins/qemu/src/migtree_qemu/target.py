@@ -161,7 +161,27 @@ class QemuTarget:
         if desc is None:
             return []  # undescribed (passes) or unknown (the engine refuses its type)
         layout = layout_of(node)
-        return list(self._object_misfits(node, layout, desc, "", _stashed_keys(node), Misfit))
+        stashed = _stashed_keys(node)
+        out: dict[str, Any] = {}
+        # the rules that know which machine types send a part decide it first
+        for rule in compat.part_rules_for(t, node.get(VERSION_KEY)):
+            expected = rule.expected_by(self.machine, self.qemu_version)
+            has = compat._parent(node, rule.key)[0].get(compat._parent(node, rule.key)[1])
+            if expected is True and has is None:
+                out[rule.key] = Misfit(rule.key, "present" if rule.key in stashed
+                                       else "required",
+                                       f"{rule.kind} {rule.qemu_name!r} is read by machine type "
+                                       f"{self.machine}")
+            elif expected is False and has is not None:
+                out[rule.key] = Misfit(rule.key, "absent",
+                                       f"{rule.kind} {rule.qemu_name!r} is not read by machine "
+                                       f"type {self.machine} of QEMU "
+                                       f"{_version_str(self.qemu_version)}")
+            elif expected is not None:
+                out[rule.key] = None
+        for m in self._object_misfits(node, layout, desc, "", stashed, Misfit):
+            out.setdefault(m.key, m)
+        return [m for m in out.values() if m is not None]
 
     def filters(self) -> list[Any]:
         """The filters that come with this target: the machine-type mapping
@@ -229,6 +249,24 @@ class QemuTarget:
     def _lifted_misfits(self, node: dict[str, Any], q: dict[str, Any],
                         Misfit: Any) -> Iterator[Any]:
         vmsd, version = q.get("vmsd_name"), q.get("version")
+        backend = node.get("virtio-backend")
+        features = backend.get("guest_features") if isinstance(backend, Mapping) else None
+        if type(features) is int:
+            for feat in compat.VIRTIO_FEATURES:
+                if not features >> feat.bit & 1:
+                    continue
+                if feat.offered(self.machine, self.qemu_version) is False:
+                    old = self.qemu_version is not None and self.qemu_version < feat.since
+                    why = (f"{feat.qom_type}.{feat.property} came in QEMU "
+                           f"{_version_str(feat.since)}" if old else
+                           f"machine type {self.machine} turns {feat.qom_type}."
+                           f"{feat.property} off")
+                    yield Misfit(
+                        f"virtio-backend.guest_features.{feat.name}", "absent",
+                        f"the guest negotiated {feat.name} (bit {feat.bit}) with this {vmsd}, "
+                        f"and QEMU {_version_str(self.qemu_version)} on {self.machine} does "
+                        f"not offer it ({why}); a guest cannot be told to stop using a "
+                        f"feature it negotiated")
         desc = self.vmsds.get(vmsd)
         if desc is None:
             return  # not described (see notes)
