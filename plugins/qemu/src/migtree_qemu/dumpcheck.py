@@ -104,6 +104,9 @@ UNDESCRIBED: dict[str, str] = {
     "PCIBUS": "each PCI bus",
     "i2c_bus": "each I2C bus",
     "acpi_build": "the ACPI tables' build state",
+    "ps2kbd": "the PS/2 keyboard (registered by hand in QEMU 5.2; a described device in 7.2)",
+    "ps2mouse": "the PS/2 mouse (registered by hand in QEMU 5.2; a described device in 7.2)",
+    "ide": "the PIIX IDE controller (registered by hand in QEMU 5.2 and 7.2; described in 10.0)",
 }
 
 #: the key of the machine type in the ``qemu-machine`` node, for ``drops``
