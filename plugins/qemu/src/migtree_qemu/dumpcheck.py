@@ -563,6 +563,8 @@ class _Compare:
         self.out: list[Difference] = []
         #: per difference: inside a subsection (a chain does not answer for it)
         self.in_subsection: list[bool] = []
+        #: the keys of the source's subsections (optional parts a filter may drop)
+        self.subsection_keys: set[str] = set()
         self._depth = 0
 
     def add(self, kind: str, key: str, within: str, message: str, breaks: bool = True,
@@ -751,6 +753,7 @@ class _Compare:
             short = _sub_key(s_desc["name"], s["name"], taken)
             taken[short] = None
             key = prefix + short
+            self.subsection_keys.add(key)
             d = known.get(s["name"])
             ver = s["version_id"]
             if d is None:
@@ -787,27 +790,35 @@ def _plan(vmsd: str, version: int, targets: Mapping[str, tuple[int, int]],
     return report.entries[0]
 
 
-def _covers(drops: Iterable[str], key: str) -> str | None:
+def _covers(drops: Iterable[str], key: str, droppable: bool = True,
+            optional: Iterable[str] = ()) -> str | None:
+    """The declared drop that fixes the difference at *key*: the key itself
+    when the difference is one a drop fixes (*droppable*: the source has a
+    part the destination cannot take), or an *optional* part (a subsection:
+    the destination loads the node without it) that holds the key."""
+    optional = set(optional)
     for d in drops:
-        if key == d or key.startswith(d + "."):
+        if (key == d and droppable) or (key.startswith(d + ".") and d in optional):
             return d
     return None
 
 
-def _droppers(key: str, tv: tuple[str, int], filters: list[Any],
-              chain: list[Any]) -> tuple[Any, str] | None:
-    """The filter that removes *key* from a node at ``type@version`` *tv*:
-    one on the chain that declares it, else the first (by priority, name)
-    that keeps *tv* and declares it -- the one the engine would run."""
+def _droppers(key: str, tv: tuple[str, int], filters: list[Any], chain: list[Any],
+              droppable: bool = True, optional: Iterable[str] = ()) -> tuple[Any, str] | None:
+    """The filter that removes *key* (or the subsection holding it) from a
+    node at ``type@version`` *tv*: one on the chain that declares it, else
+    the first (by priority, name) that keeps *tv* and declares it -- the
+    one the engine would run."""
+    optional = set(optional)
     for f in chain:
-        d = _covers(getattr(f, "drops", ()), key)
+        d = _covers(getattr(f, "drops", ()), key, droppable, optional)
         if d is not None:
             return f, d
     keepers = [f for f in filters
                if f.match.type == tv[0] and f.match.lo <= tv[1] <= f.match.hi
                and (f.produces.type, f.produces.version) == tv]
     for f in sorted(keepers, key=lambda f: (f.sort_key(), f.path or "")):
-        d = _covers(getattr(f, "drops", ()), key)
+        d = _covers(getattr(f, "drops", ()), key, droppable, optional)
         if d is not None:
             return f, d
     return None
@@ -952,7 +963,8 @@ def _against(entry: Mapping[str, Any], src: VmstateDump, dst: VmstateDump, c: st
             d.how = (f"by the chain {head.how if head else ''}: its filters declare "
                      f"{final[0]}@{final[1]}, the destination's layout").strip()
         else:
-            hit = _droppers(d.key, final, filters, chain) if d.key else None
+            hit = _droppers(d.key, final, filters, chain, d.kind in _DROPPABLE,
+                            cmp.subsection_keys) if d.key else None
             if hit is not None:
                 f, key = hit
                 d.bridged_by = [_who(f)]
