@@ -372,6 +372,14 @@ def test_a_malformed_dump_is_an_error_naming_the_entry(doc, message):
     assert str(e.value) == message
 
 
+def test_descriptions_nested_without_end_are_refused():
+    inner = D("deep", 1, [F("x")])
+    for _ in range(dumpcheck.MAX_DEPTH + 1):
+        inner = D("deep", 1, [F("s", struct=inner)])
+    with pytest.raises(QemuDumpError, match=f"nested more than {dumpcheck.MAX_DEPTH} deep"):
+        read_description(json.dumps(dump({"tdev": inner})).encode())
+
+
 def test_a_dump_cut_short_is_an_error_not_a_stranger():
     data = json.dumps(dump({"tdev": D("tdev")})).encode()
     with pytest.raises(QemuDumpError, match="not valid JSON"):

@@ -116,6 +116,10 @@ UNDESCRIBED: dict[str, str] = {
 MACHINE_KEY_DROP = "machine_type"
 
 
+#: how deep structs and subsections may nest (QEMU's x86 dumps: 4)
+MAX_DEPTH = 32
+
+
 class QemuDumpError(QemuStreamError):
     """A ``-dump-vmstate`` dump does not have the shape QEMU writes; the
     message names the file, the entry and the place inside it."""
@@ -177,7 +181,9 @@ class _Validator:
             raise self.fail(where, f"{key!r} must be a non-negative integer, got "
                                    f"{json.dumps(obj[key])}")
 
-    def description(self, d: Any, where: str) -> None:
+    def description(self, d: Any, where: str, depth: int = 0) -> None:
+        if depth > MAX_DEPTH:
+            raise self.fail(where, f"descriptions nested more than {MAX_DEPTH} deep")
         if not isinstance(d, Mapping):
             raise self.fail(where, f"expected an object, got {type(d).__name__}")
         if not isinstance(d.get("name"), str) or not d.get("name"):
@@ -203,12 +209,12 @@ class _Validator:
                 raise self.fail(fw, f"'field_exists' must be true or false, got "
                                     f"{json.dumps(f['field_exists'])}")
             if "Description" in f:
-                self.description(f["Description"], f"{fw}.Description")
+                self.description(f["Description"], f"{fw}.Description", depth + 1)
         subs = d.get("Subsections", [])
         if not isinstance(subs, list):
             raise self.fail(where, "'Subsections' must be a list")
         for i, s in enumerate(subs):
-            self.description(s, f"{where}.Subsections[{i}]")
+            self.description(s, f"{where}.Subsections[{i}]", depth + 1)
 
     def dump(self, doc: Mapping[str, Any]) -> VmstateDump:
         machine = doc[MACHINE_KEY]
@@ -258,6 +264,9 @@ def read_description(path_or_bytes: Any, name: str | None = None) -> VmstateDump
         return None
     try:
         doc = json.loads(data)
+    except RecursionError:
+        raise QemuDumpError((f"{name}: " if name else "")
+                            + "JSON nested too deeply for a -dump-vmstate dump") from None
     except (UnicodeDecodeError, json.JSONDecodeError):
         # a dump's first entry is "vmschkmachine"; anything else is not ours
         if MACHINE_KEY.encode() in data[:200]:
