@@ -1,0 +1,248 @@
+"""QEMU 5.2, 7.2 and 10.0: their streams read and written back byte-identical,
+and moved between them -- natively where QEMU can, through ``migtree
+convert --target`` (the loading QEMU's ``-dump-vmstate``) where it cannot,
+including the downgrades QEMU refuses.
+
+Every cell of the matrix (tests/qemu/qemu_versions_matrix.py) is run with
+the real QEMUs: the original stream loaded by the loading QEMU, the stream
+with only its machine type renamed (what an operator would try), and
+migtree's conversion; the converted stream must be accepted and the guest
+running (the Linux guest's disk I/O going on), or migtree must have refused
+before writing, with a reason the real QEMU confirms. The outcomes are the
+table in plugins/qemu/README.md, checked here row by row.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import qemu_versions_matrix as mx
+from qemu_streams import make_stream
+
+from migtree_qemu import compat, qevm
+from migtree_qemu.tree import iter_section_nodes, stream_to_tree, tree_to_stream
+
+pytestmark = [pytest.mark.qemu]
+
+README = Path(__file__).parents[2] / "plugins" / "qemu" / "README.md"
+MIGTREE = str(Path(sys.executable).with_name("migtree"))
+
+
+@pytest.fixture(scope="session")
+def root(streams):
+    return streams.root
+
+
+@pytest.fixture(scope="session")
+def cells(root):
+    """Every SeaBIOS cell, run once per session (about half a minute)."""
+    return {(c.source, c.loader, c.machine): c for c in mx.run_all(root)}
+
+
+@pytest.fixture(scope="session")
+def linux_cells(root, guest_artifacts):
+    return {(c.source, c.loader, c.machine): c
+            for c in (mx.run_cell(v, m, loader, root, guest_artifacts)
+                      for v, m, loader in mx.LINUX)}
+
+
+def _readme_rows() -> dict[str, str]:
+    text = README.read_text()
+    start = text.index("<!-- versions-matrix -->")
+    end = text.index("<!-- /versions-matrix -->")
+    rows = {}
+    for line in text[start:end].splitlines():
+        if line.startswith("| ") and not line.startswith("| stream") and "---" not in line:
+            cols = [c.strip() for c in line.strip("|").split("|")]
+            rows[f"{cols[0]} -> {cols[1]} {cols[4].rsplit('(', 1)[-1]}"] = line
+    return rows
+
+
+def _row_key(cell) -> str:
+    guest = ", Linux guest" if cell.guest else ""
+    return f"{cell.source[0]} {cell.source[1]}{guest} -> {cell.loader} {cell.machine})"
+
+
+# -- reading every version -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("version,machine", mx.SOURCES, ids=[f"{v}-{m}" for v, m in mx.SOURCES])
+def test_every_version_reads_and_writes_back_byte_identical(root, version, machine):
+    path = make_stream(mx.source_config(version, machine), root)
+    original = path.read_bytes()
+    with qevm.load(path) as s:
+        assert qevm.dumps(s) == original
+        assert s.configuration.machine == machine
+        tree = stream_to_tree(s)
+        back = io.BytesIO()
+        qevm.dump(tree_to_stream(tree), back)
+    assert back.getvalue() == original
+    # the vmdesc is written in the version's own style
+    assert (b"\x06\x00" in original) and (s.vmdesc_style == ("qjson" if version == "5.2"
+                                                             else "json-writer"))
+
+
+@pytest.mark.parametrize("version,machine", mx.SOURCES, ids=[f"{v}-{m}" for v, m in mx.SOURCES])
+def test_every_section_is_decoded_nothing_left_opaque_but_by_nature(root, version, machine):
+    from migtree.formats import open_stream
+
+    path = make_stream(mx.source_config(version, machine), root)
+    _, _, tree = open_stream(str(path))
+    undecoded = {p: n["__qemu__"]["undecoded"] for p, n in iter_section_nodes(tree)
+                 if n["__qemu__"].get("undecoded")}
+    assert undecoded == {}
+    lifted = [n for _, n in iter_section_nodes(tree) if n["__qemu__"].get("lifted")]
+    assert [n["__qemu__"]["vmsd_name"] for n in lifted] == ["virtio-blk"]
+
+
+# -- the matrix ------------------------------------------------------------------------------
+
+
+def test_every_converted_cell_is_accepted_and_the_guest_runs(cells):
+    bad = {k: c.converted.short() for k, c in cells.items() if c.converted.result != "accepted"}
+    assert bad == {}
+    # the point of it: cells QEMU refuses natively that migtree brings through
+    rescued = [k for k, c in cells.items() if c.native.result == "refused"]
+    assert len(rescued) >= 8
+    for key in rescued:
+        assert cells[key].changes, f"{key}: QEMU refuses the original, so something changed"
+
+
+def test_cells_qemu_loads_natively_are_left_alone_where_the_machine_type_stays(cells):
+    for key, c in cells.items():
+        if c.native.result == "accepted" and c.machine == c.source[1]:
+            assert c.changes == [], (key, c.changes)
+
+
+def test_the_headline_cases(cells):
+    # 10.0 -> 7.2, with 10.0's newest machine types and with an old one on the 10.0 side
+    for machine, target in (("pc-i440fx-10.0", "pc-i440fx-7.2"), ("pc-q35-10.0", "pc-q35-7.2"),
+                            ("pc-i440fx-7.2", "pc-i440fx-7.2"), ("pc-q35-7.2", "pc-q35-7.2")):
+        assert cells[(("10.0", machine), "7.2", target)].converted.result == "accepted"
+    newest = cells[(("10.0", "pc-i440fx-10.0"), "7.2", "pc-i440fx-7.2")]
+    assert newest.native.result == "refused"
+    assert "MIG_CMD 0xb unknown" in newest.renamed.detail  # QEMU 7.2's own words
+    assert mx.describe_changes(newest.changes) == \
+        "command-switchover-start dropped, machine-type mapped"
+    # 5.2 -> 10.0, on the same machine type and on 10.0's newest
+    for machine, target in (("pc-i440fx-5.2", "pc-i440fx-5.2"),
+                            ("pc-i440fx-5.2", "pc-i440fx-10.0"),
+                            ("pc-q35-5.2", "pc-q35-10.0")):
+        assert cells[(("5.2", machine), "10.0", target)].converted.result == "accepted"
+    upgraded = cells[(("5.2", "pc-i440fx-5.2"), "10.0", "pc-i440fx-10.0")]
+    assert "Missing section footer for 0000:00:01.3/piix4_pm" in upgraded.renamed.detail
+    assert "field-piix4-pm-acpi-pci-hotplug-acpi-index restored" in \
+        mx.describe_changes(upgraded.changes)
+
+
+def test_the_readme_table_is_what_the_qemus_did(cells, linux_cells):
+    rows = _readme_rows()
+    want = mx.markdown(list(cells.values()) + list(linux_cells.values())).splitlines()[2:]
+    missing = []
+    for cell, line in zip(list(cells.values()) + list(linux_cells.values()), want,
+                          strict=True):
+        if rows.get(_row_key(cell)) != line:
+            missing.append(line)
+    assert missing == [], "plugins/qemu/README.md's matrix differs; the observed rows:\n" + \
+        "\n".join(missing)
+
+
+@pytest.mark.slow
+def test_the_linux_guest_keeps_doing_io_or_the_refusal_is_real(linux_cells, root,
+                                                               guest_artifacts, monkeypatch):
+    for key, c in linux_cells.items():
+        if c.converted.result == "accepted":
+            assert c.converted.detail == "guest I/O goes on", key
+            continue
+        assert c.converted.result == "not converted", (key, c.converted)
+        # the refusal is real: the same conversion without the feature check
+        # writes a stream the loading QEMU itself refuses
+        reason = c.converted.detail
+        feature = re.search(r"negotiated (VIRTIO_\w+) \(bit (\d+)\)", reason)
+        assert feature, reason
+        monkeypatch.setattr(compat, "VIRTIO_FEATURES",
+                            tuple(f for f in compat.VIRTIO_FEATURES
+                                  if f.name != feature.group(1)))
+        (v, m), loader = c.source, c.loader
+        forced = mx.run_cell(v, m, loader, root, guest_artifacts)
+        monkeypatch.undo()
+        assert forced.converted.result == "refused", key
+        bit = 1 << int(feature.group(2))
+        got = re.search(r"Features (0x[0-9a-f]+) unsupported\. Allowed features: (0x[0-9a-f]+)",
+                        forced.converted.detail)
+        assert got and int(got.group(1), 16) & bit and not int(got.group(2), 16) & bit, \
+            forced.converted.detail
+
+
+# -- there and back: the stash -------------------------------------------------------------
+
+
+DOWN = [("10.0", "pc-i440fx-10.0", "7.2"), ("10.0", "pc-q35-10.0", "5.2"),
+        ("7.2", "pc-i440fx-7.2", "5.2"), ("10.0", "pc-i440fx-10.0", "5.2")]
+
+
+@pytest.mark.parametrize("version,machine,loader", DOWN,
+                         ids=[f"{v}-{m}-to-{t}" for v, m, t in DOWN])
+def test_down_and_back_up_through_a_migtree_stream_is_byte_identical(root, tmp_path, version,
+                                                                     machine, loader):
+    from qemu_streams import dump_vmstate
+
+    stream = make_stream(mx.source_config(version, machine), root)
+    down = dump_vmstate(root, mx.loading_machine(machine, loader), loader)
+    up = dump_vmstate(root, machine, version)
+    mt, back = tmp_path / "down.mt", tmp_path / "back.qevm"
+    run = subprocess.run([MIGTREE, "convert", str(stream), "--target", str(down), "-o", str(mt)],
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    run = subprocess.run([MIGTREE, "convert", str(mt), "--target", str(up), "-o", str(back)],
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert back.read_bytes() == stream.read_bytes()
+
+
+def test_explain_shows_every_drop_stash_and_mapping(root):
+    from qemu_streams import dump_vmstate
+
+    stream = make_stream(mx.source_config("10.0", "pc-q35-10.0"), root)
+    dump = dump_vmstate(root, "pc-q35-5.2", "5.2")
+    out = subprocess.run([MIGTREE, "explain", str(stream), "--target", str(dump), "--json"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    apps = {a["filter"]: a for a in doc["filters"]["applications"]}
+    assert set(apps) == {"qemu-subsection-pckbd-kbd-extended-state-drop",
+                         "qemu-subsection-ich9lpc-pm-pcihp-drop",
+                         "qemu-machine-type-map", "qemu-command-switchover-start-drop"}
+    assert "qemu-subsection-pckbd-kbd-extended-state.kbd.extended_state" in \
+        apps["qemu-subsection-pckbd-kbd-extended-state-drop"]["stashed"]
+    assert apps["qemu-machine-type-map"]["diff"]["changed"][
+        "__qemu__.configuration.machine"] == ["pc-q35-10.0", "pc-q35-5.2"]
+    assert doc["notes"][0].startswith("machine type pc-q35-10.0 -> pc-q35-5.2: ")
+    assert any("virtio-device.queue_reset: (default) -> false" in n for n in doc["notes"])
+
+
+def test_a_refusal_writes_nothing_and_names_section_field_and_reason(root, tmp_path):
+    from qemu_streams import dump_vmstate
+
+    stream = make_stream(mx.source_config("10.0", "pc-q35-10.0"), root)
+    with qevm.load(stream) as s:
+        kbd = s.device("pckbd")["kbd"]
+        kbd["status"] = kbd["status"] | 0x01  # a byte waiting in the i8042's output buffer
+        held = tmp_path / "held.qevm"
+        with open(held, "wb") as f:
+            qevm.dump(s, f)
+    out = tmp_path / "out.qevm"
+    out.write_bytes(b"old")
+    run = subprocess.run([MIGTREE, "convert", str(held), "--target",
+                          str(dump_vmstate(root, "pc-q35-5.2", "5.2")), "-o", str(out)],
+                         capture_output=True, text=True)
+    assert run.returncode == 1
+    assert "refused, nothing written: /machine/" in run.stderr
+    assert "pckbd@3" in run.stderr and "kbd.status has OBF set" in run.stderr
+    assert out.read_bytes() == b"old"
