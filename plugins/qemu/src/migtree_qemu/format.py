@@ -86,6 +86,19 @@ class QemuStreamFormat:
                       "schemas": tree_schemas(tree, self.describe)}
         return header, tree
 
+    def read_description(self, data: bytes) -> Any:
+        """A ``-dump-vmstate`` dump for ``migtree check``
+        (:class:`migtree_qemu.dumpcheck.VmstateDump`), None if not one."""
+        from .dumpcheck import read_description
+
+        return read_description(data)
+
+    def check(self, src: Any, dst: Any, filters: list[Any]) -> Any:
+        """``migtree check`` on two dumps (:func:`migtree_qemu.dumpcheck.check`)."""
+        from .dumpcheck import check
+
+        return check(src, dst, filters)
+
     def read_target(self, path: Any) -> Any:
         """A QEMU destination from its ``-dump-vmstate`` (``convert
         --target``, ``explain --target``); None for any other file."""
