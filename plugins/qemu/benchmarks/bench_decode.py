@@ -27,15 +27,18 @@ import tracemalloc
 from pathlib import Path
 
 
-def make_stream(workdir: Path) -> Path:
+def make_stream(workdir: Path, cfg=None) -> Path:
+    """A stream of *cfg* (default: QEMU 7.2, pc, 128 MiB) whose zero pages
+    are rewritten as random full pages."""
     from qemu_streams import StreamConfig
     from qemu_streams import make_stream as make
 
     from migtree_qemu import qevm
 
-    cfg = StreamConfig(machine="pc", accel="tcg", memory=128)
+    cfg = cfg or StreamConfig(machine="pc", accel="tcg", memory=128)
     src = make(cfg, workdir)
-    out = workdir / "bench-128m-full.qevm"
+    out = workdir / ("bench-128m-full.qevm" if cfg.qemu is None
+                     else f"bench-{cfg.name}-full.qevm")
     if out.exists():
         return out
     rnd = os.urandom(1 << 20)
