@@ -4,9 +4,12 @@
 (:func:`migtree_qemu.tree.stream_to_tree`); ``write(fp, header, tree)``
 writes a tree made that way back to QEVM.  Opaque fields are handed to the
 opaque decoders registered for format ``"qemu"`` (key: the section's vmsd
-name, e.g. ``"virtio-blk"``).  When a QOM walk was saved beside the stream
-(``STREAM.qom.json``, see :mod:`migtree_qemu.qompaths`), sections are placed
-at their QOM paths.
+name, e.g. ``"virtio-blk"``).  Sections are placed at their QOM paths
+where the stream and its machine type determine them
+(:func:`migtree_qemu.placement.static_paths`: vCPUs, APICs, the board's own
+devices); when a QOM walk was saved beside the stream (``STREAM.qom.json``,
+see :mod:`migtree_qemu.qompaths`), its paths are used first and the static
+ones fill in what it does not place.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any
 
-from . import qevm, qompaths
+from . import placement, qevm, qompaths
 from .tree import OpaqueCodec, stream_to_tree, tree_schemas, tree_to_stream
 
 FORMAT_NAME = "qemu"
@@ -73,8 +76,8 @@ class QemuStreamFormat:
         if paths is None:
             paths = _paths_beside(fp)
         with qevm.load(fp) as stream:
-            if paths is None:
-                paths = {}
+            if paths is None:  # no walk beside the stream
+                paths = placement.static_paths(stream)
             elif callable(paths):
                 paths = paths(stream)
             tree = stream_to_tree(stream, paths=paths, decoders=self.decoders())
@@ -136,7 +139,22 @@ def _paths_beside(fp: Any) -> Any:
     qom = qompaths.load(qom_file)
     dump_file = Path(name).with_suffix(".vmstate.json")
     dump = qompaths.load(dump_file) if dump_file.exists() else None
-    return lambda stream: qompaths.section_paths(stream, qom, dump)
+    return lambda stream: with_static_paths(qompaths.section_paths(stream, qom, dump), stream)
+
+
+def with_static_paths(walked: Mapping[tuple[str, int], str],
+                      stream: qevm.QemuStream) -> dict[tuple[str, int], str]:
+    """The walk's paths, and the static ones
+    (:func:`migtree_qemu.placement.static_paths`) for the sections the walk
+    does not place, unless the walk put another section at that path: the
+    walk wins."""
+    out = dict(walked)
+    taken = set(out.values())
+    for key, path in placement.static_paths(stream).items():
+        if key not in out and path not in taken:
+            out[key] = path
+            taken.add(path)
+    return out
 
 
 #: the instance the plugin registers
