@@ -58,6 +58,9 @@ class StreamConfig:
     guest: tuple[str, str] | None = None
     #: the QEMU version that makes the stream (None: the host's)
     qemu: str | None = None
+    #: "fleet": the machine type's default devices plus the devices a fleet
+    #: runs (:func:`fleet_args`)
+    devices: str | None = None
 
     @property
     def name(self) -> str:
@@ -71,11 +74,14 @@ class StreamConfig:
             parts.append("run")
         if self.memory != 64:
             parts.append(f"m{self.memory}")
+        if self.devices:
+            parts.append(self.devices)
         return "-".join(parts)
 
     def args(self, disk_path: Path | None, serial: Path | None = None) -> list[str]:
+        fleet = self.devices == "fleet"
         args = [
-            "-nodefaults",
+            *([] if fleet else ["-nodefaults"]),
             "-display",
             "none",
             "-machine",
@@ -93,6 +99,9 @@ class StreamConfig:
                 "-device",
                 "virtio-blk-pci,drive=d0,id=vblk0",
             ]
+        if fleet:
+            assert disk_path is not None
+            args += fleet_args(self.machine, disk_path)
         if self.guest:
             kernel, initrd = self.guest
             args += ["-kernel", kernel, "-initrd", initrd,
@@ -112,6 +121,34 @@ MATRIX = [
     StreamConfig(machine="pc", accel="tcg", smp=1, running=True),
     StreamConfig(machine="q35", accel="kvm", smp=2, running=True),
 ]
+
+
+def fleet_args(machine: str, disk_path: Path) -> list[str]:
+    """The devices a fleet runs, on top of the machine type's defaults (no
+    ``-nodefaults``: VGA, IDE/AHCI with an empty CD-ROM, the floppy on pc,
+    PS/2, RTC, HPET, PIT, PIC, IOAPIC, fw_cfg, ICH9 LPC/SMBus on q35). The
+    default NIC is given explicitly (its model, e1000 on pc and e1000e on
+    q35, on a user-mode network restricted to the guest), so no traffic
+    leaves QEMU; a second disk for virtio-scsi sits beside *disk_path*."""
+    q35 = "q35" in machine
+    scsi = make_disk(disk_path.with_name(disk_path.stem + "-scsi.qcow2"))
+    console = disk_path.with_name(disk_path.stem + "-console.log")
+    return [
+        "-nic", f"user,restrict=on,model={'e1000e' if q35 else 'e1000'}",
+        "-device", "qemu-xhci,id=xhci", "-device", "usb-tablet,bus=xhci.0",
+        "-netdev", "user,id=n1,restrict=on", "-device", "e1000e,netdev=n1",
+        "-netdev", "user,id=n2,restrict=on", "-device", "virtio-net-pci,netdev=n2",
+        "-device", "virtio-scsi-pci,id=scsi0",
+        "-drive", f"file={scsi},if=none,id=scsidisk0",
+        "-device", "scsi-hd,drive=scsidisk0,bus=scsi0.0",
+        "-device", "virtio-balloon-pci,id=balloon0",
+        "-object", "rng-random,id=rng0,filename=/dev/urandom",
+        "-device", "virtio-rng-pci,rng=rng0",
+        "-device", "virtio-serial-pci,id=vser0",
+        "-chardev", f"file,id=con0,path={console}", "-device", "virtconsole,chardev=con0",
+        "-device", "virtio-gpu-pci",
+        "-device", "pvpanic",
+    ]
 
 
 def make_disk(path: Path, size: str = "16M") -> Path:

@@ -37,13 +37,12 @@ SOURCES = (
 
 
 def source_config(version: str, machine: str, guest: tuple[str, str] | None = None,
-                  ) -> StreamConfig:
+                  devices: str | None = None) -> StreamConfig:
     """SeaBIOS has run (or the Linux guest is doing disk I/O) when QEMU
-    *version* migrates; one vCPU, a virtio-blk disk, TCG."""
-    if guest is not None:
-        return StreamConfig(machine=machine, accel="tcg", smp=1, memory=128, guest=guest,
-                            running=True, qemu=version)
-    return StreamConfig(machine=machine, accel="tcg", smp=1, running=True, qemu=version)
+    *version* migrates; one vCPU, a virtio-blk disk, TCG; *devices* "fleet"
+    adds the machine's defaults and a fleet's devices."""
+    return StreamConfig(machine=machine, accel="tcg", smp=1, running=True, qemu=version,
+                        memory=128 if guest is not None else 64, guest=guest, devices=devices)
 
 
 _MACHINES: dict[str, set[str]] = {}
@@ -179,21 +178,21 @@ class Cell:
 
 def run_cell(version: str, machine: str, loader: str, root: Path,
              guest: tuple[str, str] | None = None, target_machine: str | None = None,
-             ) -> Cell:
+             devices: str | None = None) -> Cell:
     """One cell; *target_machine* forces the loading machine type (an
     upgrade to the loader's newest, say)."""
-    src_cfg = source_config(version, machine, guest)
+    src_cfg = source_config(version, machine, guest, devices)
     stream = make_stream(src_cfg, root)
     target_machine = target_machine or loading_machine(machine, loader)
     dst_cfg = StreamConfig(machine=machine, accel="tcg", smp=1, running=True, qemu=loader,
-                           memory=src_cfg.memory, guest=guest)
+                           memory=src_cfg.memory, guest=guest, devices=devices)
     tag = f"{src_cfg.name}-to-{loader}-{target_machine}"
     disk = root / f"{src_cfg.name}.qcow2"
     (root / f"{tag}-native.qcow2").write_bytes(disk.read_bytes())
     native = try_load(dst_cfg, stream, root, f"{tag}-native")
     renamed = None
     conv_cfg = StreamConfig(machine=target_machine, accel="tcg", smp=1, running=True,
-                            qemu=loader, memory=src_cfg.memory, guest=guest)
+                            qemu=loader, memory=src_cfg.memory, guest=guest, devices=devices)
     if target_machine != machine:
         (root / f"{tag}-renamed.qcow2").write_bytes(disk.read_bytes())
         renamed = try_load(conv_cfg, rename_machine(stream, target_machine,

@@ -318,6 +318,7 @@ def stream_to_tree(
     machine: dict[str, Any] = {TYPE_KEY: MACHINE_TYPE, VERSION_KEY: 1}
     root["machine"] = machine
     order: list[list[Any]] = []
+    seen: dict[tuple[str, int], int] = {}
     ram_bodies: list[Any] = []
     ram_node: dict[str, Any] | None = None
     for item in stream.items:
@@ -357,8 +358,15 @@ def stream_to_tree(
         codec = decoders.get(sec.state.vmsd_name)
         if codec is not None:
             node = _decode_opaque(codec, sec, node, ctx)
-        _place(root, paths.get((sec.idstr, sec.instance_id))
-               or default_path(sec.idstr, sec.instance_id), node)
+        ident = (sec.idstr, sec.instance_id)
+        again = seen[ident] = seen.get(ident, -1) + 1
+        path = paths.get(ident) or default_path(*ident)
+        if again:
+            # QEMU <= 7.2 gives every slirp netdev instance 0: the loader
+            # matches such sections in order, and so does the tree
+            node[QEMU_KEY]["occurrence"] = again
+            path = f"{default_path(*ident)}+{again}"
+        _place(root, path, node)
     if ram_node is not None:
         ram_node["sections"] = ram_bodies
         _place(root, paths.get(("ram", 0)) or "/machine/qemu/ram", ram_node)
@@ -471,10 +479,11 @@ def tree_to_stream(tree: Mapping[str, Any], *, decoders: Decoders | None = None)
     if not isinstance(machine, Mapping) or QEMU_KEY not in machine:
         raise QemuEncodeError("not a tree made from a QEMU stream: /machine has no __qemu__")
     meta = machine[QEMU_KEY]
-    nodes: dict[tuple[str, int], tuple[str, Mapping[str, Any]]] = {}
+    nodes: dict[tuple[str, int, int], tuple[str, Mapping[str, Any]]] = {}
     for path, node in iter_section_nodes(tree):
         q = node[QEMU_KEY]
-        nodes[(q["idstr"], q["instance_id"])] = (path, node)
+        nodes[(q["idstr"], q["instance_id"], q.get("occurrence", 0))] = (path, node)
+    seen: dict[tuple[str, int], int] = {}
     stream = QemuStream(version=meta["qevm_version"],
                         configuration=_config_from_plain(meta["configuration"]),
                         page_size=meta["page_size"], vmdesc=meta["vmdesc"],
@@ -487,7 +496,10 @@ def tree_to_stream(tree: Mapping[str, Any], *, decoders: Decoders | None = None)
             continue
         kind_name, sid, idstr, instance, footer = entry
         kind = _KIND_CODES[kind_name]
-        found = nodes.get((idstr, instance))
+        again = 0
+        if kind == SECTION_FULL:
+            again = seen[(idstr, instance)] = seen.get((idstr, instance), -1) + 1
+        found = nodes.get((idstr, instance, again))
         if found is None:
             raise QemuEncodeError(f"the tree has no node for QEMU section {idstr!r} "
                                   f"instance {instance}", section=idstr,
