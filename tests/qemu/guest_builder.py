@@ -11,7 +11,9 @@ A second initramfs, the *devices guest* (:func:`build_devices_guest`), loads
 the drivers of every virtio device tests/qemu/test_qemu_virtio_devices.py
 gives it (network, balloon, serial console, RNG, SCSI, GPU, block; each
 module with the modules it depends on, read from its ``modinfo``) and uses
-them all, printing ``MIGTREE-DEV <n>`` as it goes.
+them all, printing ``MIGTREE-LOOP <n>`` as it goes; a second serial port
+(``/dev/vport*p1``), when the VM has one, gets the lines ``1`` .. ``100000``
+(``seq``), written as fast as the host side takes them.
 
 Artifacts are cached in a directory (default ``/tmp/migtree-qemu-guest``);
 nothing here is committed.  By hand::
@@ -22,6 +24,7 @@ nothing here is committed.  By hand::
 from __future__ import annotations
 
 import glob
+import hashlib
 import os
 import re
 import shutil
@@ -107,6 +110,16 @@ ip addr add 10.0.2.15/24 dev eth0
 exec 3>/dev/hvc0
 echo "MIGTREE-HVC hello" >&3
 dd if=/dev/hwrng of=/dev/null bs=16 count=1 2>/dev/null && echo "MIGTREE-DEV hwrng"
+n=0
+while [ -e /sys/class/virtio-ports ] && [ $n -lt 30 ] && ! ls /dev/vport*p1 >/dev/null 2>&1
+do
+  n=$((n+1)); sleep 0.1
+done
+for port in /dev/vport*p1; do
+  [ -e $port ] || continue
+  seq 1 100000 > /tmp/port.txt
+  (cat /tmp/port.txt > $port && echo "MIGTREE-DEV port done") &
+done
 echo "MIGTREE-DEV ready"
 i=0
 while true; do
@@ -116,7 +129,7 @@ while true; do
   dd if=/dev/sda of=/dev/null bs=4096 count=4 skip=$((i % 1000)) iflag=direct 2>/dev/null
   dd if=/dev/vda of=/dev/null bs=4096 count=4 skip=$((i % 1000)) iflag=direct 2>/dev/null
   ping -c 1 -W 1 10.0.2.2 >/dev/null 2>&1
-  echo "MIGTREE-DEV $i"
+  echo "MIGTREE-LOOP $i"
 done
 """
 
@@ -221,8 +234,11 @@ def build_guest(cache: Path = DEFAULT_CACHE) -> tuple[Path, Path]:
 
 def build_devices_guest(cache: Path = DEFAULT_CACHE) -> tuple[Path, Path]:
     """Return ``(kernel, initramfs)`` of the devices guest (the same kernel
-    as :func:`build_guest`'s), building them into *cache* the first time."""
-    return _build(Path(cache), "initramfs-devices.cpio", DEVICE_MODULES, DEVICES_INIT)
+    as :func:`build_guest`'s), building them into *cache* the first time
+    (the initramfs is named after its script and modules, so a change to
+    either builds a new one)."""
+    tag = hashlib.sha256(repr((DEVICE_MODULES, DEVICES_INIT)).encode()).hexdigest()[:12]
+    return _build(Path(cache), f"initramfs-devices-{tag}.cpio", DEVICE_MODULES, DEVICES_INIT)
 
 
 def _build(cache: Path, initrd_name: str, wanted: list[str] | None,
