@@ -73,6 +73,8 @@ class QemuTarget:
     #: QEMU-version-dependent rule assumes; None: not a versioned machine)
     qemu_version: tuple[int, int] | None
     format: str = "qemu"
+    _tree: Mapping[str, Any] | None = attrs.field(default=None, repr=False, eq=False)
+    _analysed: dict[str, Any] = attrs.field(factory=dict, repr=False, eq=False)
 
     # -- reading ----------------------------------------------------------
     @staticmethod
@@ -132,6 +134,7 @@ class QemuTarget:
         their section's vmsd in :meth:`shape`) at the versions they have."""
         from migtree.engine import Destination
 
+        self._tree, self._analysed = tree, {}
         types: dict[str, tuple[int, int]] = {
             name: (d.get("minimum_version_id", 0), d.get("version_id", 0))
             for name, d in self.vmsds.items()}
@@ -198,6 +201,9 @@ class QemuTarget:
             stash = (machine.get(STASH_KEY) or {}).get("qemu-machine-type") or {}
             source = (stash.get("machine_type") or {}).get("machine")
             out += compat.machine_notes(tree, source, self.machine)
+            from . import analysis
+
+            out += analysis.notes(tree, self)
         undescribed = sorted({self._vmsd_of(n) for _, n in iter_section_nodes(dict(tree))
                               if self._vmsd_of(n) not in self.vmsds
                               and n.get(TYPE_KEY) != RAM_TYPE})
@@ -231,6 +237,9 @@ class QemuTarget:
                 yield Misfit("machine_type", "absent",
                              f"the target runs machine type {self.machine}, the stream's "
                              f"is {cfg.get('machine')}")
+        for finding in self._analysis(node):
+            if finding.verdict == "refuse":
+                yield Misfit(f"compat.{finding.key}", "absent", finding.reason)
         for entry in q.get("order", []):
             if entry[0] == "COMMAND" and not self.knows_command(entry[1]):
                 name = COMMANDS.get(entry[1], (f"0x{entry[1]:x}",))[0]
@@ -245,6 +254,17 @@ class QemuTarget:
                     yield Misfit(cmd_key, "present",
                                  f"QEMU {_version_str(self.qemu_version)} knows "
                                  f"{cmd_key.split('.', 1)[-1]}")
+
+    def _analysis(self, machine_node: Mapping[str, Any]) -> list[Any]:
+        """The safety analysis of the tree this machine node belongs to
+        (:mod:`migtree_qemu.analysis`), once per tree."""
+        key = id(machine_node)
+        if self._analysed.get("key") != key:
+            from . import analysis
+
+            self._analysed = {"key": key,
+                              "findings": analysis.analyse(self._tree or {}, self)}
+        return self._analysed["findings"]
 
     def _lifted_misfits(self, node: dict[str, Any], q: dict[str, Any],
                         Misfit: Any) -> Iterator[Any]:
