@@ -466,7 +466,10 @@ def _parse(data: bytes, where: str, packed: bool,
         raise r.error(f"{nq} queues; QEMU has at most {VIRTIO_QUEUE_MAX}", at)
     for i in range(nq):
         q = QemuQueue()
+        at = r.pos
         q.num = r.be(4, f"queue {i} num")
+        if q.num == 0:
+            raise r.error(f"queue {i} num is 0; QEMU lists only queues with a size", at)
         q.desc = r.be(8, f"queue {i} desc")
         q.last_avail_idx = r.be(2, f"queue {i} last_avail_idx")
         if nvec:
