@@ -447,6 +447,8 @@ def edited(name: str, edit) -> dict:
     ("balloon", lambda b: b.update(num_pages=1 << 32), StateError, "num_pages"),
     ("serial", lambda b: b.update(ports_map=[3, 0]), QemuVirtioLayoutError,
      "max_nr_ports 31 needs 1 ports_map words"),
+    ("serial", lambda b: b.update(max_nr_ports=1), QemuVirtioLayoutError,
+     "max_nr_ports 1 with 2 ports"),
     ("serial", lambda b: b["ports"][1]["elem"].update(ndescs=3), QemuVirtioLayoutError,
      r"ports\[1\].elem.ndescs must be absent"),
     ("rng", lambda b: b.update(bogus=1), StateError, "bogus: unexpected field"),

@@ -448,6 +448,10 @@ def _read_serial(r: Reader, dev: QemuVirtioSerialState, frame: Frame) -> None:
 
 def _write_serial(dev: QemuVirtioSerialState, frame: Frame) -> bytes:
     words = (dev.max_nr_ports + 31) // 32
+    if not 0 < dev.max_nr_ports <= MAX_SERIAL_PORTS or len(dev.ports) > dev.max_nr_ports:
+        raise QemuVirtioLayoutError(
+            f"{frame.where}: max_nr_ports {dev.max_nr_ports} with {len(dev.ports)} ports; "
+            f"QEMU has 1 to {MAX_SERIAL_PORTS} and at most that many ports")
     if len(dev.ports_map) != words or frame.nq != 2 * dev.max_nr_ports + 2:
         raise QemuVirtioLayoutError(
             f"{frame.where}: max_nr_ports {dev.max_nr_ports} needs {words} ports_map words "
