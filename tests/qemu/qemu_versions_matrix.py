@@ -14,6 +14,7 @@ read), else that QEMU's newest machine type of the same family.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import subprocess
 import sys
@@ -129,7 +130,8 @@ KERNEL_ERRORS = ("I/O error", "Oops", "BUG:", "Call Trace", "virtio_blk", "timed
 
 def convert(stream: Path, dump: Path, out: Path) -> tuple[Outcome | None, list[Any], list[str]]:
     """``migtree convert STREAM --target DUMP -o OUT`` through the API:
-    (None, applications, notes) when written, (Outcome, ...) when refused."""
+    (None, applications, the target's required launch arguments) when
+    written, (Outcome, ...) when refused."""
     from migtree.errors import FilterError
     from migtree.formats import open_stream
     from migtree.plugins import get_registry
@@ -145,7 +147,10 @@ def convert(stream: Path, dump: Path, out: Path) -> tuple[Outcome | None, list[A
     fmt = registry.formats["qemu"]
     with open(out, "wb") as f:
         fmt.write(f, header, tree)
-    return None, report.applications, notes
+    from migtree_qemu import analysis
+
+    launch = analysis.required_globals(analysis.analyse(tree, target))
+    return None, report.applications, launch
 
 
 def rename_machine(stream: Path, machine: str, out: Path) -> Path:
@@ -200,12 +205,15 @@ def run_cell(version: str, machine: str, loader: str, root: Path,
                            root, f"{tag}-renamed")
     dump = qemu_streams.dump_vmstate(root, target_machine, loader)
     out = root / f"{tag}.qevm"
-    refused, apps, _ = convert(stream, dump, out)
+    refused, apps, launch = convert(stream, dump, out)
     changes = [f"{a.path}: {a.filter}" for a in apps]
     if refused is not None:
         return Cell((version, machine), loader, target_machine, native, refused, changes,
                     renamed, guest is not None)
     (root / f"{tag}-converted.qcow2").write_bytes(disk.read_bytes())
+    if launch:  # what the safety analysis says the target must be started with
+        conv_cfg = dataclasses.replace(conv_cfg, extra=tuple(launch))
+        changes = changes + ["launch: " + " ".join(launch[1::2])]
     converted = try_load(conv_cfg, out, root, f"{tag}-converted")
     return Cell((version, machine), loader, target_machine, native, converted, changes,
                 renamed, guest is not None)
@@ -214,11 +222,14 @@ def run_cell(version: str, machine: str, loader: str, root: Path,
 def describe_changes(changes: list[str]) -> str:
     """The filters applied, shortly: ``subsection-pckbd-kbd-extended-state
     dropped``, ``machine-type mapped``, ``field-...-acpi-index restored``."""
+    launch = [c.split(": ", 1)[1] for c in changes if c.startswith("launch: ")]
+    changes = [c for c in changes if not c.startswith("launch: ")]
     names = sorted({c.split(": ", 1)[1] for c in changes})
     short = [re.sub(r"-(drop|map|restore)$",
                     lambda m: {"drop": " dropped", "map": " mapped",
                                "restore": " restored"}[m.group(1)],
                     re.sub(r"^qemu-", "", n)) for n in names]
+    short += [f"target started with -global {g}" for g in " ".join(launch).split()]
     return ", ".join(short) or "nothing"
 
 

@@ -84,23 +84,34 @@ class SchemaTarget:
         return ["the filters are the ones installed here"]
 
 
-def open_target(path: str, registry: Any) -> Target:
-    """The target *path* describes (see the module docstring)."""
+def open_target(path: str, registry: Any, *, accept: list[str] | tuple[str, ...] = (),
+                ) -> Target:
+    """The target *path* describes (see the module docstring). *accept*
+    names refusals the target should take as warnings; only a target with
+    an ``accept(keys)`` method has refusals that can be accepted."""
     from .build import load_build
     from .formats import formats
 
     p = Path(path)
     if not p.exists():
         raise MigtreeError(f"{path}: no such file")
+    target: Any = None
     if p.suffix == ".toml":
-        return BuildTarget(load_build(p, registry))
-    for fmt in formats(registry).values():
+        target = BuildTarget(load_build(p, registry))
+    for fmt in formats(registry).values() if target is None else ():
         reader = getattr(fmt, "read_target", None)
         if reader is None:
             continue
         target = reader(p)
         if target is not None:
-            return target
+            break
+    if target is not None:
+        if accept:
+            if not hasattr(target, "accept"):
+                raise MigtreeError(f"{path}: {target.name} has no refusals to accept "
+                                   f"(--accept {accept[0]})")
+            target.accept(list(accept))
+        return target
     try:
         doc = json.loads(p.read_bytes())
     except (OSError, UnicodeDecodeError, ValueError) as e:
@@ -109,6 +120,8 @@ def open_target(path: str, registry: Any) -> Target:
     if not isinstance(doc, dict) or "types" not in doc:
         raise MigtreeError(f"{path}: not a build .toml, a schema dump (no 'types') or a "
                            "description a plugin recognises")
+    if accept:
+        raise MigtreeError(f"{path}: a schema dump has no refusals to accept")
     return SchemaTarget(doc, p.name)
 
 

@@ -51,6 +51,9 @@ def add_parser(subparsers: Any) -> None:
                         "or a description a plugin recognises (QEMU: a -dump-vmstate file)")
     p.add_argument("--explain", action="store_true",
                    help="with --target: print every filter application")
+    p.add_argument("--accept", action="append", default=[], metavar="KEY",
+                   help="with --target: take the target's refusal named KEY as a warning "
+                        "(QEMU: a compat property TYPE.PROPERTY the safety analysis refuses)")
     p.set_defaults(func=run, convert_parser=p)
 
 
@@ -80,7 +83,9 @@ def run(args: Any) -> int:
     if args.target:
         from ..targets import open_target
 
-        target = open_target(args.target, registry)
+        target = open_target(args.target, registry, accept=args.accept)
+    elif args.accept:
+        args.convert_parser.error("--accept goes with --target")
     src, header, tree = read_input(args.input, args.from_format, registry, known)
     info = sys.stderr if args.output == "-" else sys.stdout
     if target is not None:

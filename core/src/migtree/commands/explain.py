@@ -37,6 +37,8 @@ def add_parser(subparsers: Any) -> None:
     dest.add_argument("--target", metavar="DEST",
                       help="what convert --target takes: a build, a schema dump, or a "
                            "description a plugin recognises (a QEMU -dump-vmstate)")
+    p.add_argument("--accept", action="append", default=[], metavar="KEY",
+                   help="with --target: take the target's refusal named KEY as a warning")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=run)
 
@@ -117,13 +119,14 @@ def explain(stream: Any, build: Any) -> dict[str, Any]:
             "filters": report.as_dict(), "load": load, "_report": report}
 
 
-def explain_target(stream: str, target_path: str, registry: Any) -> dict[str, Any]:
+def explain_target(stream: str, target_path: str, registry: Any,
+                   accept: list[str] | None = None) -> dict[str, Any]:
     """The dry run towards a target (the ``--json`` output of ``--target``)."""
     from ..errors import FilterError
     from ..formats import open_stream
     from ..targets import filter_to_target, open_target
 
-    target = open_target(target_path, registry)
+    target = open_target(target_path, registry, accept=accept or [])
     fmt, header, tree = open_stream(stream, registry)
     error, notes = None, []
     try:
@@ -138,7 +141,7 @@ def explain_target(stream: str, target_path: str, registry: Any) -> dict[str, An
 def run_target(args: Any) -> int:
     from ..plugins import get_registry
 
-    doc = explain_target(args.stream, args.target, get_registry())
+    doc = explain_target(args.stream, args.target, get_registry(), args.accept)
     report = doc.pop("_report")
     if args.json:
         json.dump(doc, sys.stdout, indent=2)

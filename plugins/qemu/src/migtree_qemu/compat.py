@@ -288,6 +288,8 @@ class VirtioFeature:
     qom_type: str
     property: str
     since: tuple[int, int]
+    #: the device's vmsd for a device-specific bit (< 24), None for any device
+    device: str | None = None
 
     def offered(self, machine: str, qemu_version: tuple[int, int] | None) -> bool | None:
         if qemu_version is not None and qemu_version < self.since:
@@ -303,6 +305,8 @@ VIRTIO_FEATURES: tuple[VirtioFeature, ...] = (
     VirtioFeature(54, "VIRTIO_NET_F_GUEST_USO4", "virtio-net-device", "guest_uso4", (8, 2)),
     VirtioFeature(55, "VIRTIO_NET_F_GUEST_USO6", "virtio-net-device", "guest_uso6", (8, 2)),
     VirtioFeature(56, "VIRTIO_NET_F_HOST_USO", "virtio-net-device", "host_uso", (8, 2)),
+    VirtioFeature(4, "VIRTIO_BALLOON_F_PAGE_POISON", "virtio-balloon-device", "page-poison",
+                  (5, 1), device="virtio-balloon"),
 )
 
 

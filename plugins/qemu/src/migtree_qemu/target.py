@@ -73,6 +73,8 @@ class QemuTarget:
     #: QEMU-version-dependent rule assumes; None: not a versioned machine)
     qemu_version: tuple[int, int] | None
     format: str = "qemu"
+    #: refusals of the safety analysis taken as warnings (``--accept KEY``)
+    accepted: frozenset[str] = frozenset()
     _tree: Mapping[str, Any] | None = attrs.field(default=None, repr=False, eq=False)
     _analysed: dict[str, Any] = attrs.field(factory=dict, repr=False, eq=False)
 
@@ -109,6 +111,12 @@ class QemuTarget:
         except (OSError, ValueError) as e:
             raise QemuTargetError(f"{path}: cannot read a -dump-vmstate dump: {e}") from None
         return cls.from_dump(doc, p.name)
+
+    def accept(self, keys: list[str]) -> None:
+        """Take the safety analysis's refusals named *keys*
+        (``TYPE.PROPERTY``) as warnings: the operator knows the guest does
+        without what the target cannot present."""
+        self.accepted = frozenset(self.accepted | set(keys))
 
     # -- what it knows ------------------------------------------------------
     def knows_command(self, cmd: int) -> bool:
@@ -273,7 +281,7 @@ class QemuTarget:
         features = backend.get("guest_features") if isinstance(backend, Mapping) else None
         if type(features) is int:
             for feat in compat.VIRTIO_FEATURES:
-                if not features >> feat.bit & 1:
+                if not features >> feat.bit & 1 or feat.device not in (None, vmsd):
                     continue
                 if feat.offered(self.machine, self.qemu_version) is False:
                     old = self.qemu_version is not None and self.qemu_version < feat.since
