@@ -58,6 +58,8 @@ class Kind:
     what: str
     #: the devices it acts on, when not the compat property's own type
     on: tuple[str, ...] | None = None
+    #: acts on PCI Express devices only: none on an i440fx machine
+    pcie: bool = False
 
 
 _PCIE_PORTS = ("pcie-root-port", "ioh3420", "x3130-upstream", "xio3130-downstream")
@@ -83,10 +85,25 @@ CATALOGUE: dict[tuple[str, str], Kind] = {
     ("virtio-net-device", "host_uso"): Kind("virtio-feature", "VIRTIO_NET_F_HOST_USO"),
     ("*", "vectors"): Kind("msix-vectors", "the MSI-X capability's table size in PCI "
                            "config space, which the guest's driver programs"),
-    ("pci-device", "*"): Kind("pci-config", "a PCI Express capability bit in config space"),
-    ("virtio-pci", "x-pcie-pm-no-soft-reset"): Kind("pci-config", "the PM capability's "
-                                                    "No_Soft_Reset bit"),
+    ("pci-device", "x-pcie-ari-nextfn-1"): Kind(
+        "pci-config", "the ARI capability's next function number", on=("igb",), pcie=True),
+    ("pci-device", "x-pcie-ext-tag"): Kind(
+        "config-read", "DEVCAP's Extended Tag Field Supported bit of a PCI Express device, "
+                       "read at enumeration (QEMU emulates no tag width, so the guest's "
+                       "choice changes nothing)", pcie=True),
+    ("pci-device", "x-pcie-err-unc-mask"): Kind(
+        "reset", "which bits of the AER uncorrectable error mask the guest can write",
+        on=("e1000e", "igb", "pcie-root-port", "ioh3420", "xio3130-downstream"), pcie=True),
+    ("virtio-pci", "x-pcie-pm-no-soft-reset"): Kind(
+        "config-read", "the PM capability's No_Soft_Reset bit, read by the guest when it "
+                       "suspends the device", pcie=True),
     ("x86_64-cpu", "*"): Kind("cpuid", "CPUID values the guest read at boot"),
+    ("x86_64-cpu", "hv-version-id-build"): Kind("cpuid", "the Hyper-V version the CPUID "
+                                                "enlightenment leaves report", on=("hyperv",)),
+    ("x86_64-cpu", "hv-version-id-major"): Kind("cpuid", "the Hyper-V version the CPUID "
+                                                "enlightenment leaves report", on=("hyperv",)),
+    ("x86_64-cpu", "hv-version-id-minor"): Kind("cpuid", "the Hyper-V version the CPUID "
+                                                "enlightenment leaves report", on=("hyperv",)),
     ("qemu64-x86_64-cpu", "*"): Kind("cpuid", "the CPU model's CPUID family/model/stepping"),
     ("ICH9-LPC", "x-smi-periodic-timer"): Kind("smi-feature", "an SMI feature offered to "
                                                "the firmware"),
@@ -120,8 +137,9 @@ CATALOGUE: dict[tuple[str, str], Kind] = {
         "migration", "whether the host bridge's config address register is migrated"),
     ("virtio-device", "x-disable-legacy-check"): Kind("migration", "a check QEMU makes when "
                                                       "it creates the device"),
-    ("virtio-pci", "x-ats-page-aligned"): Kind("pci-config", "the ATS capability's "
-                                               "page-aligned bit"),
+    ("virtio-pci", "x-ats-page-aligned"): Kind("config-read", "the ATS capability's "
+                                               "page-aligned bit (devices with ats=on)",
+                                               pcie=True),
     ("virtio-balloon-device", "page-poison"): Kind("virtio-feature",
                                                    "VIRTIO_BALLOON_F_PAGE_POISON"),
     ("*", "num-queues"): Kind("queues", "the number of request queues the driver set up"),
@@ -227,6 +245,9 @@ def devices_of(tree: Mapping[str, Any], qom_type: str, target: Any) -> list[str]
         return sorted(p for p, n in secs if ":" in str((n.get(QEMU_KEY) or {}).get("idstr")))
     if qom_type in ("x86_64-cpu", "qemu64-x86_64-cpu"):
         return sorted(p for p, n in secs if _vmsd(n) == "cpu")
+    if qom_type == "hyperv":  # CPUs with Hyper-V enlightenments (their MSRs migrate)
+        return sorted(p for p, n in secs if _vmsd(n) == "cpu"
+                      and any(k.startswith(("msr_hyperv", "hyperv")) for k in n))
     names = {qom_type}
     if qom_type.startswith("virtio-"):
         base = qom_type
@@ -309,6 +330,8 @@ def _judge(tree: Mapping[str, Any], target: Any, d: machines.CompatDifference,
         return Finding(**base, kind=kind.kind, verdict="ok",
                        reason=f"{kind.what}: not guest-visible")
     devs = sorted({p for t in (kind.on or (d.qom_type,)) for p in devices_of(tree, t, target)})
+    if kind.pcie and (machines.parse(src_machine) or ("",))[0] != "q35":
+        devs = []  # an i440fx machine has no PCI Express devices
     if not devs:
         on = f" ({', '.join(kind.on)})" if kind.on else ""
         return Finding(**base, kind=kind.kind, verdict="ok",
