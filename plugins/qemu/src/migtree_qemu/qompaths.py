@@ -45,7 +45,8 @@ def walk(qmp: Any, root: str = "/machine") -> dict[str, Any]:
                 child = f"{path.rstrip('/')}/{p['name']}"
                 objects[child] = t[len("child<") : -1]
                 stack.append(child)
-            elif p["name"] == "addr" and t == "int32" and path != root:
+            # the devfn; QEMU 10.0 types the property "str" but still answers an int
+            elif p["name"] == "addr" and t in ("int32", "str") and path != root:
                 try:
                     devfn = qmp.execute("qom-get", path=path, property="addr")
                 except Exception:
