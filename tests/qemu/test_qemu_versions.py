@@ -141,6 +141,21 @@ def test_the_headline_cases(cells):
         mx.describe_changes(upgraded.changes)
 
 
+def test_check_gives_the_verdict_convert_reaches(cells, root):
+    """``migtree check --from STREAM --to DUMP``: the same pass, nothing written."""
+    from qemu_streams import dump_vmstate
+
+    from migtree.commands.check import check_paths
+    from migtree.plugins import get_registry
+
+    for (source, loader, machine), cell in cells.items():
+        stream = make_stream(mx.source_config(*source), root)
+        report = check_paths(str(stream), str(dump_vmstate(root, machine, loader)),
+                             get_registry())
+        assert report.compatible == (cell.converted.result != "not converted"), \
+            (source, loader, machine, report.format_text())
+
+
 def test_the_readme_table_is_what_the_qemus_did(cells, linux_cells):
     rows = _readme_rows()
     want = mx.markdown(list(cells.values()) + list(linux_cells.values())).splitlines()[2:]

@@ -96,10 +96,14 @@ def _read(path: str, registry: Any, allow_stream: bool) -> tuple[str, Any]:
     except FileNotFoundError:
         raise MigtreeError(f"{path}: no such file") from None
     if allow_stream:
+        from ..formats import formats, open_stream
         from ..stream import MAGIC_PREFIX, read_tree
 
         if data[1:1 + len(MAGIC_PREFIX)] == MAGIC_PREFIX:
             return "stream", read_tree(data)[1]
+        for fmt in formats(registry).values():  # a foreign stream (QEMU's)
+            if fmt.name != "migtree" and fmt.sniff(data[:4096]):
+                return "stream", open_stream(p, registry)[2]
     try:
         doc = json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -141,6 +145,44 @@ class DescriptionCheck:
         return self.report.format_text() + "".join(f"\nnote {n}" for n in self.notes)
 
 
+class StreamTargetCheck:
+    """A stream against a description a format can also convert to (a QEMU
+    ``-dump-vmstate``): the verdict ``convert --target`` would reach -- the
+    same filter pass, on the stream's own state, nothing written."""
+
+    def __init__(self, source: str, tree: dict[str, Any], destination: str,
+                 registry: Any) -> None:
+        from ..errors import FilterError
+        from ..targets import filter_to_target, open_target
+
+        self.source, self.destination = source, destination
+        target = open_target(destination, registry)
+        self.target = target.name
+        self.error: str | None = None
+        self.notes: list[str] = []
+        try:
+            self.report, self.notes = filter_to_target(tree, target, registry, explain=False)
+        except FilterError as e:
+            self.report, self.error = e.report, str(e)  # type: ignore[attr-defined]
+
+    @property
+    def compatible(self) -> bool:
+        return self.error is None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"source": self.source, "destination": self.destination, "target": self.target,
+                "compatible": self.compatible, "refused": self.error,
+                "chains": self.report.chains(), "notes": list(self.notes)}
+
+    def format_text(self) -> str:
+        lines = [f"{self.source} -> {self.target}"]
+        lines += [f"  {path}: {' -> '.join(chain)}" for path, chain in self.report.chains().items()]
+        lines += [f"note: {n}" for n in self.notes]
+        lines.append(f"REFUSED: {self.error}" if self.error else "compatible: yes (convert "
+                     "--target writes what this destination loads)")
+        return "\n".join(lines)
+
+
 _KINDS = {"build": "a build", "schema": "a schema dump", "stream": "a stream"}
 
 
@@ -177,6 +219,8 @@ def check_paths(source: str, destination: str, registry: Any) -> Any:
 
     src_kind, src = _read(source, registry, allow_stream=True)
     kind, dst = _read(destination, registry, allow_stream=False)
+    if src_kind == "stream" and kind == "description":
+        return StreamTargetCheck(source, src, destination, registry)
     if "description" in (src_kind, kind):
         return _check_descriptions((source, src_kind, src), (destination, kind, dst), registry)
     notes = []
