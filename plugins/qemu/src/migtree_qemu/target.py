@@ -364,43 +364,30 @@ class QemuTarget:
     def _field_misfits(self, layout: Mapping[str, Any], target_fields: list[dict[str, Any]],
                        desc: Mapping[str, Any], prefix: str, stashed: set[str],
                        Misfit: Any) -> Iterator[Any]:
-        """Fields the stream has and the target's description does not.
+        """Fields the stream has and the target does not read.
 
-        QEMU adds a field without a version bump when a test
-        (``field_exists``) guards it on the sending side, so an older QEMU
-        reads fewer bytes and then misses the section footer.  Names alone
-        are not the wire format (hpet's ``num_timers`` became
-        ``num_timers_save`` in 9.x, same byte), so the stream's fields are
-        aligned with the target's in order: same name, or same size for a
-        plain value (a rename), or a target field guarded by a test that was
-        not sent.  A stream field left over is a misfit.  The reverse (a
-        target field the stream lacks) cannot be told from a dump: a
-        variable array with no elements is in the dump and not in the
-        stream.  A stashed field the target has again can come back."""
+        Names are not the wire format (hpet's ``num_timers`` became
+        ``num_timers_save`` in 9.x, the same byte; QEMU 10.0's e1000e sends
+        5 bytes of padding where 7.2 reads the array ``eitr_intr_pending``),
+        order and sizes are.  So the stream's fields (the vmdesc: element
+        size and count) are aligned with the fields the target reads at the
+        stream's version (the dump: element size, and the count only from
+        QEMU 9.1 on) by :func:`_align`: a target field guarded by a test
+        (``field_exists``: QEMU adds fields without a version bump that
+        way, and ``VMSTATE_UNUSED_TEST`` pads only old versions) may be
+        absent from the stream; same-named fields are preferred, then a
+        rename of the same byte size.  A stream field no target field takes
+        is a misfit.  The reverse (a target field the stream lacks) cannot
+        be told from a dump: a variable array with no elements is in the
+        dump and not in the stream.  A stashed field the target has again
+        can come back."""
         version = layout.get("version", desc.get("version_id", 0))
         wanted = [f for f in target_fields if f.get("version_id", 0) <= version]
         ours = _logical_fields(layout.get("fields", []))
-        j = 0
-        for name, size, is_struct in ours:
-            base = _UNIQUE_SUFFIX.sub("", name)
-            matched = False
-            while j < len(wanted):
-                t = wanted[j]
-                j += 1
-                t_struct = "Description" in t
-                # same name; or a rename: same size for a plain value, any
-                # struct for a struct (a struct's dump size is its C size)
-                if t.get("field") in (name, base) or (is_struct and t_struct) \
-                        or (not is_struct and not t_struct and t.get("size") == size):
-                    matched = True
-                    break
-                if not t.get("field_exists"):
-                    j = len(wanted)  # an unconditional field we do not have: stop aligning
-            if not matched:
-                yield Misfit(prefix + name, "absent",
-                             f"field {name!r} ({size} bytes) is not in the target's "
-                             f"{desc.get('name')!r} version {version}")
-                j = len(wanted)
+        for field in _align(ours, wanted):
+            yield Misfit(prefix + field.name, "absent",
+                         f"field {field.name!r} ({field.wire_size} bytes) is not in the "
+                         f"target's {desc.get('name')!r} version {version}")
         target_names = {f.get("field") for f in wanted}
         for key in sorted(stashed):
             if key.startswith(prefix) and key[len(prefix):] in target_names:
@@ -408,18 +395,116 @@ class QemuTarget:
                              f"{key[len(prefix):]!r} again")
 
 
-def _logical_fields(fields: list[dict[str, Any]]) -> list[tuple[str, int, bool]]:
+@attrs.frozen
+class _StreamField:
+    """One field of the stream's layout as the dump lists it: an array QEMU
+    describes element by element (``index``) or with ``array_len`` is one
+    field of *count* elements of *size* bytes (a buffer's size is its
+    length)."""
+
+    name: str
+    size: int
+    count: int
+    struct: str | None  # the struct's vmsd name ("" unnamed); None: a plain value
+    type: str | None
+
+    @property
+    def wire_size(self) -> int:
+        return self.size * self.count
+
+
+def _logical_fields(fields: list[dict[str, Any]]) -> list[_StreamField]:
     """The stream's fields as the dump lists them: an array QEMU describes
-    element by element (``index``) is one field."""
-    out: list[tuple[str, int, bool]] = []
-    prev = None
+    element by element (``index``; QEMU >= 9.1 leaves it off the last
+    element) is one field."""
+    out: list[_StreamField] = []
+    prev: dict[str, Any] | None = None
     for f in fields:
-        if "index" in f and f.get("index", 0) > 0 and prev == f["name"] \
-                or (prev == f["name"] and "index" not in f and out and out[-1][0] == prev):
+        if prev is not None and prev["name"] == f["name"] and "index" in prev \
+                and (f.get("index", 0) > 0 or "index" not in f):
+            last = out[-1]
+            out[-1] = attrs.evolve(last, count=last.count + 1)
+            prev = f
             continue
-        prev = f["name"]
-        out.append((f["name"], f.get("size", 0), "struct" in f or "fields" in f))
+        prev = f
+        sub = f.get("struct") if "struct" in f else (f if "fields" in f else None)
+        struct = None if sub is None else str((sub or {}).get("vmsd_name", ""))
+        out.append(_StreamField(f["name"], f.get("size", 0), f.get("array_len", 1), struct,
+                                f.get("type")))
     return out
+
+
+#: costs of an alignment step (:func:`_align`), in this order of importance
+_MISFIT, _SKIP_READ, _LOOSE, _RENAME = 10**6, 10**4, 10**2, 1
+
+
+def _pair_cost(ours: _StreamField, theirs: Mapping[str, Any]) -> int | None:
+    """What pairing a stream field with a target field costs (None: they
+    cannot be the same bytes).  Same name (QEMU numbers repeated names:
+    ``unused[1]``) or the same struct vmsd: free; a rename of the same wire
+    size: _RENAME; a buffer or array whose element count the dump does not
+    give (before QEMU 9.1) and whose length is a multiple of the target's
+    element size, or any value against a target field of size 0 (a
+    VMStateInfo with its own reader, ``scsi-requests``, ``virtio``): _LOOSE."""
+    name = theirs.get("field")
+    same = name in (ours.name, _UNIQUE_SUFFIX.sub("", ours.name))
+    num = theirs.get("num")
+    t_desc = theirs.get("Description")
+    if ours.struct is not None or t_desc is not None:
+        if ours.struct is None or t_desc is None:
+            return None
+        if num is not None and num != ours.count:
+            return None
+        return 0 if same or (ours.struct and ours.struct == t_desc.get("name")) else _RENAME
+    size = theirs.get("size", 0)
+    if size == 0:  # a VMStateInfo of its own that reads what it reads (scsi-requests)
+        return 0 if same else _LOOSE
+    if num is not None:
+        fits = ours.wire_size == size * num
+    else:  # a plain value, a buffer, or (dumps before QEMU 9.1) an array of unknown count
+        fits = ours.wire_size == size or (ours.count > 1 and ours.size == size)
+        if not fits and size > 0 and ours.wire_size % size == 0 \
+                and (ours.count > 1 or ours.type in ("buffer", "unused_buffer")):
+            return _LOOSE
+    if not fits:
+        return None
+    return 0 if same else _RENAME
+
+
+def _align(ours: list[_StreamField], wanted: list[dict[str, Any]]) -> list[_StreamField]:
+    """The stream fields no target field can take, in the cheapest
+    alignment of the two lists in order: each stream field is paired with
+    a target field (:func:`_pair_cost`) or left over (a misfit); a target
+    field the stream lacks is skipped, freely when a test guards it, else
+    at _SKIP_READ (it can only be a variable array with no elements)."""
+    n, m = len(ours), len(wanted)
+    skip = [0 if t.get("field_exists") else _SKIP_READ for t in wanted]
+    inf = float("inf")
+    # best[i][j]: the cheapest alignment of ours[i:] with wanted[j:]
+    best = [[inf] * (m + 1) for _ in range(n + 1)]
+    best[n][m] = 0
+    for j in range(m - 1, -1, -1):
+        best[n][j] = best[n][j + 1] + skip[j]
+    for i in range(n - 1, -1, -1):
+        best[i][m] = best[i + 1][m] + _MISFIT
+        for j in range(m - 1, -1, -1):
+            cost = min(best[i + 1][j] + _MISFIT, best[i][j + 1] + skip[j])
+            pair = _pair_cost(ours[i], wanted[j])
+            if pair is not None:
+                cost = min(cost, best[i + 1][j + 1] + pair)
+            best[i][j] = cost
+    left: list[_StreamField] = []
+    i = j = 0
+    while i < n:
+        pair = _pair_cost(ours[i], wanted[j]) if j < m else None
+        if pair is not None and best[i][j] == best[i + 1][j + 1] + pair:
+            i, j = i + 1, j + 1
+        elif j < m and best[i][j] == best[i][j + 1] + skip[j]:
+            j += 1
+        else:
+            left.append(ours[i])
+            i += 1
+    return left
 
 
 def _object_nodes(tree: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
