@@ -116,6 +116,21 @@ class PartRule:
         attrs.field(repr=False, default=lambda node, value: None)
     sent_unless: tuple[str, str, str] | None = None
     default: Mapping[str, Any] | None = None
+    #: a part that is bytes inside an opaque field (virtio-gpu's scanout
+    #: framebuffers): ``(get, take, put)``; ``get(node)`` is the part or
+    #: None, ``take(node)`` removes and returns it, ``put(node, value)``
+    #: writes it back; ``default["value"]`` may then be ``f(node)``
+    access: tuple[Callable[[Mapping[str, Any]], Any],
+                  Callable[[dict[str, Any]], Any],
+                  Callable[[dict[str, Any], Any], None]] | None = \
+        attrs.field(default=None, repr=False)
+
+    def value(self, node: Mapping[str, Any]) -> Any:
+        """The part in *node*, None when the node does not have it."""
+        if self.access is not None:
+            return self.access[0](node)
+        parent, last = _parent(node, self.key)  # type: ignore[arg-type]
+        return parent.get(last)
 
     def expected_by(self, machine: str, qemu_version: tuple[int, int] | None) -> bool | None:
         """Whether a QEMU running *machine* reads this part; None when only
@@ -139,12 +154,16 @@ class PartRule:
         key, rule = self.key, self
 
         def drop(node: dict[str, Any], ctx: Any) -> dict[str, Any]:
-            parent, last = _parent(node, key)
-            value = parent.get(last)
+            value = rule.value(node)
             why = rule.refuse(node, value)
             if why is not None:
                 raise ConversionRefused(f"{key} ({rule.kind} {rule.qemu_name}): {why}")
-            saved: Any = parent.pop(last)
+            saved: Any
+            if rule.access is not None:
+                saved = rule.access[1](node)
+            else:
+                parent, last = _parent(node, key)
+                saved = parent.pop(last)
             if rule.kind == "field":
                 saved = {"value": saved, **_take_field_layout(node, key)}
             _stash_put(node, ctx.stash_key, key, saved)
@@ -153,6 +172,10 @@ class PartRule:
         def restore(node: dict[str, Any], ctx: Any) -> dict[str, Any]:
             if key in (node.get(STASH) or {}).get(ctx.stash_key, {}):
                 saved = _stash_take(node, ctx.stash_key, key)
+            elif rule.default is not None and rule.access is not None:
+                value = rule.default["value"]
+                saved = value(node) if callable(value) else value
+                ctx.note_default(key, saved)
             elif rule.default is not None and rule.kind == "field":
                 saved = {"value": rule.default["value"], "layout": rule.default["layout"],
                          "at": _field_index_after(node, rule.default["after"])}
@@ -160,6 +183,9 @@ class PartRule:
             else:
                 raise ConversionRefused(f"{key} ({rule.kind} {rule.qemu_name}): the target "
                                         "reads it and the stream has no value for it")
+            if rule.access is not None:
+                rule.access[2](node, saved)
+                return node
             if rule.kind == "field":
                 _put_field_layout(node, saved["at"], saved["layout"])
                 saved = saved["value"]
@@ -234,6 +260,156 @@ def _pcihp_refuse(node: Mapping[str, Any], value: Mapping[str, Any]) -> str | No
     return None
 
 
+# e1000e (hw/net/e1000e_core.c, e1000_regs.h): MAC register indices (offset / 4)
+E1000E_SYSTIML = 0xB600 >> 2
+E1000E_SYSTIMH = 0xB604 >> 2
+E1000E_TIMINCA = 0xB608 >> 2
+E1000E_TIMINCA_INCVALUE_MASK = 0x00FFFFFF
+
+
+def _timadj_refuse(node: Mapping[str, Any], value: Any) -> str | None:
+    mac = node.get("core.mac") or []
+    timinca = mac[E1000E_TIMINCA] if len(mac) > E1000E_TIMINCA else 0
+    systim = (mac[E1000E_SYSTIMH] << 32 | mac[E1000E_SYSTIML]
+              if len(mac) > E1000E_SYSTIMH else 0)
+    if value or timinca & E1000E_TIMINCA_INCVALUE_MASK or systim:
+        return (f"the guest runs the e1000e's IEEE 1588 system clock (core.timadj={value}, "
+                f"core.mac[TIMINCA]=0x{timinca:08x}, SYSTIM=0x{systim:x}): QEMU >= 8.0 "
+                "computes SYSTIM from the virtual clock and TIMADJ, QEMU < 8.0 keeps it a "
+                "plain register that never ticks, so the guest's PTP clock would stop")
+    return None
+
+
+def _ltim_refuse(node: Mapping[str, Any], value: Mapping[str, Any]) -> str | None:
+    ltim = value.get("ltim", 0) if isinstance(value, Mapping) else 0
+    if ltim:
+        return (f"ltim=0x{ltim:02x}: the guest set ICW1.LTIM (the whole PIC level "
+                "triggered); QEMU < 8.0 ignores LTIM and triggers on edges as ELCR says, "
+                "so a level interrupt still asserted would not be delivered again")
+    return None
+
+
+def _gpu_blob_refuse(node: Mapping[str, Any], value: Mapping[str, Any]) -> str | None:
+    data = value.get("virtio-gpu/blob") if isinstance(value, Mapping) else None
+    if data != bytes(4):
+        first = int.from_bytes(bytes(data or b"")[:4], "big")
+        return (f"virtio-gpu/blob holds blob resources (the first is resource_id={first}, "
+                f"{len(data or b'')} bytes): QEMU < 8.2 cannot migrate blob resources, the "
+                "guest's scanouts and mappings on them would be gone")
+    return None
+
+
+# virtio-gpu's own field (hw/display/virtio-gpu.c virtio_gpu_save): the 2D
+# resources, each u32 resource_id (0 ends the list), width, height, format,
+# iov_cnt, iov_cnt x (u64 addr, u32 length), the image (32 bits a pixel: every
+# virtio-gpu 2D format); then vmstate_virtio_gpu_scanouts: i32 enable, u32
+# max_outputs, max_outputs x virtio-gpu-one-scanout: 10 u32 (resource_id,
+# width, height, x, y, cursor.resource_id, hot_x, hot_y, pos.x, pos.y) and,
+# with x-scanout-vmstate-version >= 2 (QEMU >= 9.0, machine types >= 9.0),
+# 6 u32 fb.format, bytes_pp, width, height, stride, offset.
+GPU_FIELD = "virtio-gpu"
+GPU_SCANOUT_V1 = 40
+GPU_FB = 24
+
+
+def _gpu_scanouts(data: bytes) -> tuple[int, int, int] | None:
+    """(offset of the first scanout, max_outputs, bytes a scanout) of a
+    virtio-gpu field, None when it does not parse."""
+    at = 0
+
+    def u32(pos: int) -> int:
+        return int.from_bytes(data[pos:pos + 4], "big")
+
+    while True:
+        if at + 4 > len(data):
+            return None
+        rid = u32(at)
+        at += 4
+        if rid == 0:
+            break
+        if at + 16 > len(data):
+            return None
+        width, height, iov_cnt = u32(at), u32(at + 4), u32(at + 12)
+        at += 16 + 12 * iov_cnt + 4 * width * height
+    if at + 8 > len(data):
+        return None
+    n = u32(at + 4)
+    rest = len(data) - at - 8
+    if n == 0 or rest % n or rest // n not in (GPU_SCANOUT_V1, GPU_SCANOUT_V1 + GPU_FB):
+        return None
+    return at + 8, n, rest // n
+
+
+def _gpu_fb_get(node: Mapping[str, Any]) -> tuple[bytes, ...] | None:
+    data = node.get(GPU_FIELD)
+    parsed = _gpu_scanouts(data) if isinstance(data, bytes) else None
+    if parsed is None or parsed[2] != GPU_SCANOUT_V1 + GPU_FB:
+        return None
+    first, n, size = parsed
+    return tuple(data[first + i * size + GPU_SCANOUT_V1:first + (i + 1) * size]
+                 for i in range(n))
+
+
+def _gpu_set_field(node: dict[str, Any], data: bytes) -> None:
+    node[GPU_FIELD] = data
+    layout = json.loads(node[QEMU]["layout"])
+    for f in layout.get("fields", []):
+        if f.get("name") == GPU_FIELD:
+            f["size"] = len(data)
+    node[QEMU]["layout"] = qemu_json(layout)
+
+
+def _gpu_fb_take(node: dict[str, Any]) -> list[bytes]:
+    fbs = _gpu_fb_get(node)
+    if fbs is None:
+        raise ConversionRefused("virtio-gpu: no scanout framebuffers to take")
+    data = node[GPU_FIELD]
+    first, n, size = _gpu_scanouts(data)  # type: ignore[misc]
+    out = bytearray(data[:first])
+    for i in range(n):
+        out += data[first + i * size:first + i * size + GPU_SCANOUT_V1]
+    _gpu_set_field(node, bytes(out))
+    return list(fbs)
+
+
+def _gpu_fb_put(node: dict[str, Any], fbs: list[bytes]) -> None:
+    data = node[GPU_FIELD]
+    parsed = _gpu_scanouts(data)
+    if parsed is None or parsed[2] != GPU_SCANOUT_V1 or parsed[1] != len(fbs):
+        raise ConversionRefused(f"virtio-gpu: the field does not hold {len(fbs)} scanouts of "
+                                "the QEMU < 9.0 layout")
+    first, n, _ = parsed
+    out = bytearray(data[:first])
+    for i in range(n):
+        out += data[first + i * GPU_SCANOUT_V1:first + (i + 1) * GPU_SCANOUT_V1]
+        out += bytes(fbs[i])
+    _gpu_set_field(node, bytes(out))
+
+
+def _gpu_fb_default(node: Mapping[str, Any]) -> list[bytes]:
+    data = node.get(GPU_FIELD)
+    parsed = _gpu_scanouts(data) if isinstance(data, bytes) else None
+    if parsed is None:
+        raise ConversionRefused("virtio-gpu: its field does not parse as QEMU writes it")
+    return [bytes(GPU_FB)] * parsed[1]
+
+
+def _gpu_fb_refuse(node: Mapping[str, Any], fbs: Any) -> str | None:
+    data = node.get(GPU_FIELD)
+    parsed = _gpu_scanouts(data) if isinstance(data, bytes) else None
+    if parsed is None:
+        return "its field does not parse as QEMU writes it"
+    first, _, size = parsed
+    for i, fb in enumerate(fbs or ()):
+        rid = int.from_bytes(data[first + i * size:first + i * size + 4], "big")
+        fmt, offset = int.from_bytes(fb[:4], "big"), int.from_bytes(fb[20:24], "big")
+        if rid and fmt and offset:
+            return (f"scanout {i} shows resource {rid} from fb.offset={offset} (x/y inside "
+                    "the resource); QEMU < 9.0 shows a restored scanout from the "
+                    "resource's origin, so the guest's display would shift")
+    return None
+
+
 PART_RULES: tuple[PartRule, ...] = (
     PartRule(
         "pckbd@3", "kbd.extended_state", "pckbd/extended_state", "subsection", "7.0",
@@ -265,6 +441,46 @@ PART_RULES: tuple[PartRule, ...] = (
         default={"value": 0, "after": "acpi_pci_hotplug.acpi_pcihp_pci_status",
                  "layout": {"name": "acpi_pci_hotplug.acpi_index", "type": "uint32",
                             "size": 4}}),
+    PartRule(
+        "e1000e@1", "core.timadj", "core.timadj", "field", "8.0",
+        "sent (test e1000e_migrate_timadj) when the e1000e's migrate-timadj is on "
+        "(machine types >= 8.0): the offset QEMU >= 8.0 adds to the virtual clock to give "
+        "the guest the IEEE 1588 system time (SYSTIM). QEMU < 8.0 has no such clock "
+        "(SYSTIM is a plain register), so with TIMADJ 0, TIMINCA's increment 0 and SYSTIM "
+        "0 (a guest that never started the clock) both read SYSTIM as 0. On a machine "
+        "type that reads it, a stream without it gets 0, as QEMU itself does with a 7.2 "
+        "machine type's stream",
+        _timadj_refuse,
+        sent_unless=("e1000e", "migrate-timadj", "off"),
+        default={"value": 0, "after": "core.tx",
+                 "layout": {"name": "core.timadj", "type": "int64", "size": 8}}),
+    PartRule(
+        "i8259@1", "ltim", "i8259/ltim", "subsection", "8.0",
+        "sent when the guest set ICW1.LTIM (ltim_state_needed: level-triggered mode for "
+        "the whole PIC, which PC firmware and x86 guests leave off; ELCR selects the "
+        "trigger mode per IRQ). QEMU < 8.0 ignores LTIM, so the part can only go when it "
+        "is 0, which QEMU never sends",
+        _ltim_refuse),
+    PartRule(
+        "virtio-gpu@1", "blob", "virtio-gpu/blob", "subsection", "8.2",
+        "sent when the device's blob property is on (virtio_gpu_blob_state_needed): the "
+        "blob resources (id, size, guest memory entries), the list ended by a 0 id. "
+        "Dropped only when the list is empty: the older QEMU then has nothing to restore",
+        _gpu_blob_refuse),
+    PartRule(
+        "virtio-gpu@1", "virtio-gpu.scanout_fb", "virtio-gpu-one-scanout fb.*", "bytes",
+        "9.0",
+        "the framebuffer description of each scanout (fb.format, bytes_pp, width, height, "
+        "stride, offset: 6 u32 after the 10 of the scanout), sent when "
+        "x-scanout-vmstate-version is 2 (machine types >= 9.0). QEMU >= 9.0 loads a scanout "
+        "whose fb.format is 0 the way QEMU < 9.0 always does (a surface of the whole "
+        "resource image, virtio_gpu_post_load's legacy path), and for a 2D resource fb "
+        "describes that whole image; so the part goes unless a scanout starts inside its "
+        "resource (fb.offset), and comes back as zeros (the legacy path)",
+        _gpu_fb_refuse,
+        sent_unless=("virtio-gpu-device", "x-scanout-vmstate-version", "1"),
+        default={"value": _gpu_fb_default},
+        access=(_gpu_fb_get, _gpu_fb_take, _gpu_fb_put)),
 )
 
 
@@ -308,6 +524,123 @@ VIRTIO_FEATURES: tuple[VirtioFeature, ...] = (
     VirtioFeature(4, "VIRTIO_BALLOON_F_PAGE_POISON", "virtio-balloon-device", "page-poison",
                   (5, 1), device="virtio-balloon"),
 )
+
+
+# -- slirp instance ids ---------------------------------------------------------------
+
+#: QEMU 8.2 registers each user-mode netdev's slirp state with
+#: VMSTATE_INSTANCE_ID_ANY (net/slirp.c: instance 0, 1, 2 in netdev order);
+#: before, every one was instance 0
+SLIRP_NUMBERED_SINCE = (8, 2)
+SLIRP = "slirp"
+SLIRP_KEY = "instance_id"
+WIRE_ID = "wire_instance_id"
+
+
+def slirp_position(node: Mapping[str, Any]) -> int:
+    """The netdev's place among the stream's slirp sections: its instance id
+    in a stream of QEMU >= 8.2, its occurrence (the N-th instance 0) in one
+    of QEMU < 8.2; both count netdevs in creation order."""
+    q = node[QEMU]
+    return int(q["instance_id"]) + int(q.get("occurrence", 0))
+
+
+def slirp_wire_id(node: Mapping[str, Any]) -> int:
+    q = node[QEMU]
+    return int(q.get(WIRE_ID, q["instance_id"]))
+
+
+def slirp_target_version(qemu_version: tuple[int, int] | None,
+                         vmsds: Mapping[str, Mapping[str, Any]]) -> tuple[int, int] | None:
+    """The QEMU version a target's slirp numbering follows.  A target knows
+    only the lowest QEMU of its machine type (QEMU 10.0 running pc-q35-7.2
+    says 7.2), and slirp's numbering is the QEMU's, not the machine type's:
+    so a dump that describes what only QEMU >= 8.2 has (the
+    ``virtio-gpu/blob`` subsection, the ``virtio-sound-device`` vmsd, both
+    new in 8.2) is taken as QEMU 8.2 at least."""
+    if qemu_version is not None and qemu_version >= SLIRP_NUMBERED_SINCE:
+        return qemu_version
+    gpu = vmsds.get("virtio-gpu") or {}
+    if "virtio-sound-device" in vmsds or any(
+            sub.get("name") == "virtio-gpu/blob" for sub in gpu.get("Subsections", [])):
+        return SLIRP_NUMBERED_SINCE
+    return qemu_version
+
+
+def slirp_wanted(node: Mapping[str, Any], qemu_version: tuple[int, int] | None) -> int | None:
+    """The instance id a loading QEMU of *qemu_version* has for this slirp
+    section's netdev (None: unknown version, leave it)."""
+    if qemu_version is None:
+        return None
+    return 0 if qemu_version < SLIRP_NUMBERED_SINCE else slirp_position(node)
+
+
+def slirp_misfit(node: Mapping[str, Any], qemu_version: tuple[int, int] | None,
+                 Misfit: Any) -> Any:
+    """The misfit of a slirp section whose instance id the target (QEMU
+    *qemu_version*: :func:`slirp_target_version`) does not have for its
+    netdev, or None."""
+    wanted = slirp_wanted(node, qemu_version)
+    if wanted is None or wanted == slirp_wire_id(node):
+        return None
+    v = f"{qemu_version[0]}.{qemu_version[1]}"  # type: ignore[index]
+    v = v if wanted == 0 else f">= {v}"
+    if wanted == 0:
+        return Misfit(SLIRP_KEY, "absent",
+                      f"QEMU {v} registers every user-mode netdev's slirp state as instance 0 "
+                      f"and refuses instance {slirp_wire_id(node)} (QEMU >= 8.2 numbers "
+                      "them)")
+    return Misfit(SLIRP_KEY, "required",
+                  f"QEMU {v} numbers the user-mode netdevs' slirp states 0, 1, 2 in netdev "
+                  f"order, this is netdev {wanted}; as instance {slirp_wire_id(node)} it "
+                  "would be loaded into another netdev's slirp")
+
+
+def _slirp_guestfwd(node: Mapping[str, Any]) -> str | None:
+    data = node.get("data")
+    if isinstance(data, bytes) and data[:1] not in (b"", b"\x00"):
+        return (f"data[0]=0x{data[0]:02x}: this netdev's slirp holds guestfwd connections; "
+                "QEMU < 8.2 loads every slirp section into its first user-mode netdev, so "
+                f"they would move to that netdev (this is netdev {slirp_position(node)})")
+    return None
+
+
+def slirp_pair() -> FilterPair:
+    """Renumber the slirp sections for the target: all 0 for QEMU < 8.2,
+    0, 1, 2 in netdev order for QEMU >= 8.2.  The instance id is the
+    section's identity on the wire, not state: the node keeps its original
+    one (``__qemu__["instance_id"]``, by which :func:`tree_to_stream` finds
+    it), and ``__qemu__["wire_instance_id"]`` is what is written."""
+    name = "qemu-slirp-instance-id"
+
+    def set_wire(node: dict[str, Any], wire: int) -> None:
+        q = node[QEMU]
+        if wire == q["instance_id"]:
+            q.pop(WIRE_ID, None)
+        else:
+            q[WIRE_ID] = wire
+
+    def drop(node: dict[str, Any], ctx: Any) -> dict[str, Any]:
+        if slirp_position(node):
+            why = _slirp_guestfwd(node)
+            if why is not None:
+                raise ConversionRefused(f"slirp instance {node[QEMU]['instance_id']}: {why}")
+        set_wire(node, 0)
+        return node
+
+    def restore(node: dict[str, Any], ctx: Any) -> dict[str, Any]:
+        set_wire(node, slirp_position(node))
+        return node
+
+    return FilterPair(
+        name,
+        Filter(name + "-drop", "slirp@4", "slirp@4", drop, drops=(SLIRP_KEY,),
+               description="write the slirp section as instance 0, as QEMU < 8.2 "
+                           "registers every user-mode netdev (refused when a later netdev "
+                           "holds guestfwd connections, which would move to the first)"),
+        Filter(name + "-restore", "slirp@4", "slirp@4", restore, restores=(SLIRP_KEY,),
+               description="write the slirp section as instance N, its netdev's place, as "
+                           "QEMU >= 8.2 numbers them"))
 
 
 # -- migration commands --------------------------------------------------------------
@@ -378,7 +711,8 @@ COMMAND_RULES: tuple[CommandRule, ...] = (CommandRule(0x0B, _vfio_present),)
 
 def static_filters() -> list[FilterPair]:
     """The pairs the plugin registers (``migtree_register_filters``)."""
-    return [r.pair() for r in PART_RULES] + [r.pair() for r in COMMAND_RULES]
+    return ([r.pair() for r in PART_RULES] + [r.pair() for r in COMMAND_RULES]
+            + [slirp_pair()])
 
 
 # -- the machine type -----------------------------------------------------------------

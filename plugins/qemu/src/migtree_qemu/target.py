@@ -166,6 +166,10 @@ class QemuTarget:
             return list(self._machine_misfits(node, q, Misfit))
         if not isinstance(q, dict) or "idstr" not in q:
             return []
+        if t == compat.SLIRP:
+            slirp = compat.slirp_misfit(
+                node, compat.slirp_target_version(self.qemu_version, self.vmsds), Misfit)
+            return [] if slirp is None else [slirp]
         if q.get("lifted"):
             return list(self._lifted_misfits(node, q, Misfit))
         desc = self.vmsds.get(t)
@@ -177,7 +181,7 @@ class QemuTarget:
         # the rules that know which machine types send a part decide it first
         for rule in compat.part_rules_for(t, node.get(VERSION_KEY)):
             expected = rule.expected_by(self.machine, self.qemu_version)
-            has = compat._parent(node, rule.key)[0].get(compat._parent(node, rule.key)[1])
+            has = rule.value(node)
             if expected is True and has is None:
                 out[rule.key] = Misfit(rule.key, "present" if rule.key in stashed
                                        else "required",

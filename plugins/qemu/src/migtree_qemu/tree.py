@@ -540,7 +540,10 @@ def tree_to_stream(tree: Mapping[str, Any], *, decoders: Decoders | None = None)
             raise QemuEncodeError(f"{path}: {exc.reason}", section=idstr, section_id=sid,
                                   instance_id=instance, field=exc.field) from None
         desc_keys = ("name", "instance_id", *layout.keys())
-        stream.items.append(Section(kind, sid, idstr, instance, version, body,
+        # a filter may renumber a section on the wire (QEMU < 8.2 numbers
+        # every slirp 0); the node keeps the identity it is found by
+        wire = q.get("wire_instance_id", instance)
+        stream.items.append(Section(kind, sid, idstr, wire, version, body,
                                     footer=footer, desc_keys=desc_keys))
     return stream
 
