@@ -153,9 +153,11 @@ def convert(stream: Path, dump: Path, out: Path) -> tuple[Outcome | None, list[A
     return None, report.applications, launch
 
 
-def rename_machine(stream: Path, machine: str, out: Path) -> Path:
-    """The stream with only its configuration's machine type changed: what
-    an operator would try by hand."""
+def naive_conversion(stream: Path, machine: str, loader: str, out: Path) -> Path:
+    """What an operator would try by hand: the configuration's machine type
+    renamed, and the migration commands the loading QEMU does not know
+    dropped -- nothing else."""
+    known = tuple(int(x) for x in loader.split("."))
     with qevm.load(stream) as s:
         name = machine.encode()
         for f in s.configuration.state.fields:
@@ -163,6 +165,8 @@ def rename_machine(stream: Path, machine: str, out: Path) -> Path:
                 f.value = len(name)
             elif f.name == "name":
                 f.value, f.size = name, len(name)
+        s.items = [i for i in s.items if not isinstance(i, qevm.Command)
+                   or qevm.MIG_COMMANDS.get(i.command, ("", (99, 0)))[1] <= known]
         with open(out, "wb") as fp:
             qevm.dump(s, fp)
     return out
@@ -176,7 +180,8 @@ class Cell:
     native: Outcome
     converted: Outcome
     changes: list[str]
-    #: the stream with only the machine type renamed (None: same machine type)
+    #: the naive conversion: machine type renamed, unknown commands dropped
+    #: (None: same machine type)
     renamed: Outcome | None = None
     guest: bool = False
 
@@ -200,8 +205,8 @@ def run_cell(version: str, machine: str, loader: str, root: Path,
                             qemu=loader, memory=src_cfg.memory, guest=guest, devices=devices)
     if target_machine != machine:
         (root / f"{tag}-renamed.qcow2").write_bytes(disk.read_bytes())
-        renamed = try_load(conv_cfg, rename_machine(stream, target_machine,
-                                                    root / f"{tag}-renamed.qevm"),
+        renamed = try_load(conv_cfg, naive_conversion(stream, target_machine, loader,
+                                                      root / f"{tag}-renamed.qevm"),
                            root, f"{tag}-renamed")
     dump = qemu_streams.dump_vmstate(root, target_machine, loader)
     out = root / f"{tag}.qevm"
@@ -229,13 +234,16 @@ def describe_changes(changes: list[str]) -> str:
                     lambda m: {"drop": " dropped", "map": " mapped",
                                "restore": " restored"}[m.group(1)],
                     re.sub(r"^qemu-", "", n)) for n in names]
-    short += [f"target started with -global {g}" for g in " ".join(launch).split()]
+    globals_ = [g for g in " ".join(launch).split()]
+    if globals_:
+        short.append("target run with -global " + " ".join(globals_))
     return ", ".join(short) or "nothing"
 
 
 def markdown(cells: list[Cell]) -> str:
-    rows = ["| stream (QEMU, machine type) | loaded by | QEMU natively | QEMU, machine type "
-            "renamed only | migtree convert --target (machine type) | what migtree changed |",
+    rows = ["| stream (QEMU, machine type) | loaded by | QEMU natively | QEMU after a naive "
+            "conversion (machine type renamed, unknown commands dropped) | migtree convert "
+            "--target (machine type) | what migtree changed |",
             "| --- | --- | --- | --- | --- | --- |"]
     for c in cells:
         renamed = c.renamed.short() if c.renamed else "(same machine type)"

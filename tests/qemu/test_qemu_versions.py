@@ -127,7 +127,9 @@ def test_the_headline_cases(cells):
         assert cells[(("10.0", machine), "7.2", target)].converted.result == "accepted"
     newest = cells[(("10.0", "pc-i440fx-10.0"), "7.2", "pc-i440fx-7.2")]
     assert newest.native.result == "refused"
-    assert "MIG_CMD 0xb unknown" in newest.renamed.detail  # QEMU 7.2's own words
+    # the floor: for this small VM the machine's name and the one command 7.2
+    # does not know are all that differ, so the naive conversion loads too
+    assert newest.renamed.result == "accepted"
     assert mx.describe_changes(newest.changes) == \
         "command-switchover-start dropped, machine-type mapped"
     # 5.2 -> 10.0, on the same machine type and on 10.0's newest

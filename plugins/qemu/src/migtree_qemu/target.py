@@ -249,15 +249,16 @@ class QemuTarget:
                 yield Misfit("machine_type", "absent",
                              f"the target runs machine type {self.machine}, the stream's "
                              f"is {cfg.get('machine')}")
-        for finding in self._analysis(node):
-            if finding.verdict == "refuse":
-                yield Misfit(f"compat.{finding.key}", "absent", finding.reason)
         for entry in q.get("order", []):
             if entry[0] == "COMMAND" and not self.knows_command(entry[1]):
                 name = COMMANDS.get(entry[1], (f"0x{entry[1]:x}",))[0]
                 yield Misfit(f"command.{name}", "absent",
                              f"migration command {name} (0x{entry[1]:x}) is unknown to QEMU "
                              f"{_version_str(self.qemu_version)}")
+        # after the commands: a command's own refusal (VFIO) is the more precise one
+        for finding in self._analysis(node):
+            if finding.verdict == "refuse":
+                yield Misfit(f"compat.{finding.key}", "absent", finding.reason)
         for key, entries in (node.get(STASH_KEY) or {}).items():
             if not key.startswith("qemu-command-"):
                 continue
