@@ -173,7 +173,7 @@ BLK = DeviceLayout(
 QemuVirtioBlk = device_type(
     TYPE_BLK, QemuVirtioBlkState,
     "QEMU's virtio-blk device state (the proxy's ``virtio-backend``) as its stream holds "
-    "it. Not instantiable.")
+    "it. Not instantiable.", __name__)
 
 
 def decode_states(data: bytes, ctx: Any = None) -> tuple[QemuVirtioPciState,

@@ -532,5 +532,6 @@ DECODERS = {layout.vmsd_name: make_decoder(layout) for layout in LAYOUTS}
 #: their abstract migtree types (``migtree_register_types``)
 TYPES = tuple(device_type(layout.type_name, layout.state,
                           f"QEMU's {layout.vmsd_name} device state (the proxy's "
-                          "virtio-backend) as its stream holds it. Not instantiable.")
+                          "virtio-backend) as its stream holds it. Not instantiable.",
+                          __name__)
               for layout in LAYOUTS)

@@ -262,13 +262,13 @@ class QemuVirtioPci(Device):
     MIN_VERSION = 1
 
 
-def device_type(type_name: str, state: type, doc: str) -> type:
+def device_type(type_name: str, state: type, doc: str, module: str = __name__) -> type:
     """The abstract migtree type of a device layout (registered so streams
     carry its schema and the strict input visitor checks its nodes)."""
     name = "".join(p.capitalize() for p in type_name.split("-"))
     return type(name, (Device,), {"TYPE": type_name, "PARENT": "device", "ABSTRACT": True,
                                   "STATE": state, "VERSION": 1, "MIN_VERSION": 1,
-                                  "__doc__": doc, "__module__": __name__})
+                                  "__doc__": doc, "__module__": module})
 
 
 # ---------------------------------------------------------------------------
@@ -409,7 +409,6 @@ class Frame:
     nvec: int  # MSI-X vectors of the function
     packed: bool  # elements carry ndescs (the device offers RING_PACKED)
     features_lo: int  # low 32 bits of the negotiated features
-    config: bytes  # the device configuration as saved
 
 
 @attrs.frozen
@@ -476,7 +475,7 @@ def _parse(data: bytes, where: str, packed: bool,
             q.vector = r.be(2, f"queue {i} vector")
         dev.queues.append(q)
     # -- vdc->save, vdc->vmsd ------------------------------------------------------
-    layout.read(r, dev, Frame(where, nq, nvec, packed, dev.guest_features_lo, dev.config))
+    layout.read(r, dev, Frame(where, nq, nvec, packed, dev.guest_features_lo))
     # -- vmstate_virtio's subsections ----------------------------------------------
     order = list(_SUBSECTIONS)
     while r.left():
@@ -788,7 +787,7 @@ def encode_frame(pci: QemuVirtioPciState, dev: Any, layout: DeviceLayout,
         if nvec:
             p(be(q.vector, 2))
     p(layout.write(dev, Frame(where, nq, nvec, dev.packed_virtqueues is not None,
-                              dev.guest_features_lo, dev.config)))
+                              dev.guest_features_lo)))
     for name, value in (("virtio/device_endian", dev.device_endian),
                         ("virtio/64bit_features", dev.guest_features),
                         ("virtio/virtqueues", dev.virtqueues),
