@@ -263,6 +263,25 @@ LINUX = (("10.0", "pc-i440fx-10.0", "7.2"), ("10.0", "pc-q35-10.0", "7.2"),
          ("10.0", "pc-i440fx-10.0", "5.2"), ("5.2", "pc-i440fx-5.2", "10.0"))
 
 
+#: the fleet device set (qemu_streams.fleet_args): each version's newest
+#: machine types and 10.0 on an older one, to every version, and two upgrades
+FLEET_SOURCES = (
+    ("5.2", "pc-i440fx-5.2"), ("5.2", "pc-q35-5.2"), ("7.2", "pc-i440fx-7.2"),
+    ("7.2", "pc-q35-7.2"), ("10.0", "pc-i440fx-10.0"), ("10.0", "pc-q35-10.0"),
+    ("10.0", "pc-i440fx-7.2"), ("10.0", "pc-q35-7.2"),
+)
+FLEET_UPGRADES = (("5.2", "pc-q35-5.2", "10.0", "pc-q35-10.0"),
+                  ("7.2", "pc-i440fx-7.2", "10.0", "pc-i440fx-10.0"))
+
+
+def run_fleet(root: Path) -> list[Cell]:
+    cells = [run_cell(v, m, loader, root, devices="fleet")
+             for v, m in FLEET_SOURCES for loader in LOADERS]
+    cells += [run_cell(v, m, loader, root, target_machine=t, devices="fleet")
+              for v, m, loader, t in FLEET_UPGRADES]
+    return cells
+
+
 def run_all(root: Path, guest: tuple[str, str] | None = None) -> list[Cell]:
     cells = [run_cell(v, m, loader, root) for v, m in SOURCES for loader in LOADERS]
     cells += [run_cell(v, m, loader, root, target_machine=t) for v, m, loader, t in UPGRADES]
@@ -277,3 +296,5 @@ if __name__ == "__main__":
     import guest_builder
 
     print(markdown(run_all(outdir, tuple(map(str, guest_builder.build_guest())))))
+    print()
+    print(markdown(run_fleet(outdir)))

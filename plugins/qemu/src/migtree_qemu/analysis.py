@@ -88,15 +88,14 @@ CATALOGUE: dict[tuple[str, str], Kind] = {
     ("pci-device", "x-pcie-ari-nextfn-1"): Kind(
         "pci-config", "the ARI capability's next function number", on=("igb",), pcie=True),
     ("pci-device", "x-pcie-ext-tag"): Kind(
-        "config-read", "DEVCAP's Extended Tag Field Supported bit of a PCI Express device, "
-                       "read at enumeration (QEMU emulates no tag width, so the guest's "
-                       "choice changes nothing)", pcie=True),
+        "config-bit", "DEVCAP's Extended Tag Field Supported bit of a PCI Express device "
+                      "(read-only: the loading QEMU refuses config space that differs)"),
     ("pci-device", "x-pcie-err-unc-mask"): Kind(
         "reset", "which bits of the AER uncorrectable error mask the guest can write",
         on=("e1000e", "igb", "pcie-root-port", "ioh3420", "xio3130-downstream"), pcie=True),
     ("virtio-pci", "x-pcie-pm-no-soft-reset"): Kind(
-        "config-read", "the PM capability's No_Soft_Reset bit, read by the guest when it "
-                       "suspends the device", pcie=True),
+        "config-bit", "the PM capability's No_Soft_Reset bit (read-only: the loading QEMU "
+                      "refuses config space that differs)"),
     ("x86_64-cpu", "*"): Kind("cpuid", "CPUID values the guest read at boot"),
     ("x86_64-cpu", "hv-version-id-build"): Kind("cpuid", "the Hyper-V version the CPUID "
                                                 "enlightenment leaves report", on=("hyperv",)),
@@ -147,6 +146,11 @@ CATALOGUE: dict[tuple[str, str], Kind] = {
     ("vmport", "*"): Kind("backdoor", "a VMware backdoor command's behaviour, which only "
                                       "VMware guest tools use"),
 }
+
+#: read-only config-space bits behind a property: (capability id, offset in
+#: the capability, mask) -- PCI Express DEVCAP Extended Tag, PM's PMCSR
+#: No_Soft_Reset
+CONFIG_BITS = {"x-pcie-ext-tag": (0x10, 4, 0x20), "x-pcie-pm-no-soft-reset": (0x01, 4, 0x08)}
 
 #: ICH9 SMI feature bits (ICH9_LPC_SMI_F_*) behind the x-smi-* properties
 SMI_FEATURE_BITS = {"x-smi-broadcast": 0, "x-smi-cpu-hotplug": 1, "x-smi-cpu-hotunplug": 2,
@@ -349,6 +353,8 @@ def _judge(tree: Mapping[str, Any], target: Any, d: machines.CompatDifference,
         value = None if src_info is None or not src_info[0] else _str(src_info[1])
     if kind.kind == "msix-vectors":
         return _judge_vectors(tree, base, kind, devs, has, tv)
+    if kind.kind == "config-bit":
+        return _judge_config_bit(tree, base, kind, devs, has, tv)
     if kind.kind == "smi-feature":
         return _judge_smi(tree, base, kind, devs, has, value)
     if has and has[0] and value is not None:
@@ -393,6 +399,70 @@ def _judge_vectors(tree, base, kind, devs, has, tv) -> Finding:
                    reason=f"{kind.what}: the stream's device has {n} MSI-X vectors in its "
                           f"config space and QEMU {_v(tv)} cannot give "
                           f"{base['qom_type']} that (no vectors property there)")
+
+
+def _pci_configs(node: Mapping[str, Any]) -> Iterator[bytes]:
+    """The PCI config space bytes a section carries (256, or 4096 for PCI
+    Express), wherever its layout keeps them."""
+    for k, v in node.items():
+        if isinstance(v, (bytes, bytearray)) and len(v) in (256, 4096) and "config" in k:
+            yield bytes(v)
+        elif isinstance(v, Mapping) and TYPE_KEY not in v:
+            yield from _pci_configs(v)
+        elif isinstance(v, list):
+            for x in v:
+                if isinstance(x, Mapping):
+                    yield from _pci_configs(x)
+
+
+def _cap_bit(config: bytes, cap_id: int, offset: int, mask: int) -> bool | None:
+    """The bit in capability *cap_id* of a config space; None without it."""
+    if not config[0x06] & 0x10:  # no capability list
+        return None
+    ptr, seen = config[0x34] & 0xFC, set()
+    while ptr and ptr not in seen and ptr + offset < len(config):
+        seen.add(ptr)
+        if config[ptr] == cap_id:
+            return bool(int.from_bytes(config[ptr + offset:ptr + offset + 4], "little") & mask)
+        ptr = config[ptr + 1] & 0xFC
+    return None
+
+
+def _judge_config_bit(tree, base, kind, devs, has, tv) -> Finding:
+    cap_id, offset, mask = CONFIG_BITS[base["property"]]
+    nodes = dict(_sections(tree))
+    bits = {}
+    for p in devs:
+        for cfg in _pci_configs(nodes[p]):
+            bit = _cap_bit(cfg, cap_id, offset, mask)
+            if bit is not None:
+                bits[p] = bit
+    if not bits:
+        return Finding(**base, kind=kind.kind, verdict="ok", devices=tuple(devs),
+                       reason=f"{kind.what}: no device of this VM has that capability")
+    target_has = bool(has and has[0])
+    want = base["target"]
+    if want is None:  # the target QEMU's default, or 0 where it has no such property
+        default = has[1] if target_has else False
+        want_bit = bool(default) if not isinstance(default, str) else default in ("on", "true")
+    else:
+        want_bit = want in ("on", "true")
+    differ = sorted(p for p, b in bits.items() if b != want_bit)
+    if not differ:
+        return Finding(**base, kind=kind.kind, verdict="ok", devices=tuple(bits),
+                       reason=f"{kind.what}: the devices' bit is what the target presents")
+    values = sorted(set(bits.values()))
+    if target_has and len(values) == 1:
+        value = "true" if values[0] else "false"
+        return Finding(**base, kind=kind.kind, verdict="honour", devices=tuple(differ),
+                       value=value, reason=f"{kind.what}: the stream's devices have it "
+                                           f"{'set' if values[0] else 'clear'}; kept with "
+                                           f"-global {base['qom_type']}.{base['property']}="
+                                           f"{value}")
+    return Finding(**base, kind=kind.kind, verdict="refuse", devices=tuple(differ),
+                   reason=f"{kind.what}: the stream's devices have it "
+                          f"{'set' if bits[differ[0]] else 'clear'} and QEMU {_v(tv)} cannot "
+                          f"present that (no {base['property']} property there)")
 
 
 def _judge_smi(tree, base, kind, devs, has, value) -> Finding:
