@@ -128,7 +128,8 @@ KERNEL_ERRORS = ("I/O error", "Oops", "BUG:", "Call Trace", "virtio_blk", "timed
                  "Kernel panic")
 
 
-def convert(stream: Path, dump: Path, out: Path) -> tuple[Outcome | None, list[Any], list[str]]:
+def convert(stream: Path, dump: Path, out: Path, accept: tuple[str, ...] = (),
+            ) -> tuple[Outcome | None, list[Any], list[str]]:
     """``migtree convert STREAM --target DUMP -o OUT`` through the API:
     (None, applications, the target's required launch arguments) when
     written, (Outcome, ...) when refused."""
@@ -138,7 +139,7 @@ def convert(stream: Path, dump: Path, out: Path) -> tuple[Outcome | None, list[A
     from migtree.targets import filter_to_target, open_target
 
     registry = get_registry()
-    target = open_target(str(dump), registry)
+    target = open_target(str(dump), registry, accept=list(accept))
     _, header, tree = open_stream(str(stream), registry)
     try:
         report, notes = filter_to_target(tree, target, registry, explain=False)
@@ -188,7 +189,7 @@ class Cell:
 
 def run_cell(version: str, machine: str, loader: str, root: Path,
              guest: tuple[str, str] | None = None, target_machine: str | None = None,
-             devices: str | None = None) -> Cell:
+             devices: str | None = None, accept: tuple[str, ...] = ()) -> Cell:
     """One cell; *target_machine* forces the loading machine type (an
     upgrade to the loader's newest, say)."""
     src_cfg = source_config(version, machine, guest, devices)
@@ -210,7 +211,7 @@ def run_cell(version: str, machine: str, loader: str, root: Path,
                            root, f"{tag}-renamed")
     dump = qemu_streams.dump_vmstate(root, target_machine, loader)
     out = root / f"{tag}.qevm"
-    refused, apps, launch = convert(stream, dump, out)
+    refused, apps, launch = convert(stream, dump, out, accept)
     changes = [f"{a.path}: {a.filter}" for a in apps]
     if refused is not None:
         return Cell((version, machine), loader, target_machine, native, refused, changes,

@@ -46,16 +46,22 @@ def cells(root):
 
 
 @pytest.fixture(scope="session")
+def fleet_cells(root):
+    """The fleet device set's cells (about half a minute)."""
+    return {(c.source, c.loader, c.machine): c for c in mx.run_fleet(root)}
+
+
+@pytest.fixture(scope="session")
 def linux_cells(root, guest_artifacts):
     return {(c.source, c.loader, c.machine): c
             for c in (mx.run_cell(v, m, loader, root, guest_artifacts)
                       for v, m, loader in mx.LINUX)}
 
 
-def _readme_rows() -> dict[str, str]:
+def _readme_rows(marker: str = "versions-matrix") -> dict[str, str]:
     text = README.read_text()
-    start = text.index("<!-- versions-matrix -->")
-    end = text.index("<!-- /versions-matrix -->")
+    start = text.index(f"<!-- {marker} -->")
+    end = text.index(f"<!-- /{marker} -->")
     rows = {}
     for line in text[start:end].splitlines():
         if line.startswith("| ") and not line.startswith("| stream") and "---" not in line:
@@ -195,6 +201,53 @@ def test_the_linux_guest_keeps_doing_io_or_the_refusal_is_real(linux_cells, root
                         forced.converted.detail)
         assert got and int(got.group(1), 16) & bit and not int(got.group(2), 16) & bit, \
             forced.converted.detail
+
+
+# -- the fleet device set ------------------------------------------------------------------
+
+
+def test_every_fleet_cell_is_converted_and_accepted_or_refused_before_writing(fleet_cells):
+    for key, c in fleet_cells.items():
+        assert c.converted.result in ("accepted", "not converted"), (key, c.converted)
+        if c.converted.result == "not converted":
+            # a refusal names a guest-visible reason the analysis or a rule found
+            assert "qemu-machine@1: " in c.converted.detail or "filter qemu-" in \
+                c.converted.detail, (key, c.converted.detail)
+
+
+def test_every_case_a_naive_conversion_breaks_is_converted_or_refused(fleet_cells):
+    broken = {k: c for k, c in fleet_cells.items()
+              if c.renamed is not None and c.renamed.result != "accepted"}
+    assert broken, "the fleet matrix has cases a naive conversion breaks"
+    for key, c in broken.items():
+        assert c.converted.result in ("accepted", "not converted"), (key, c.converted)
+
+
+def test_no_refusal_is_staged(fleet_cells, root):
+    """Every refusal of the safety analysis is real: converted anyway (the
+    refused properties accepted, one after the other), the loading QEMU
+    refuses the stream itself."""
+    refused = {k: c for k, c in fleet_cells.items() if "'compat." in c.converted.detail}
+    assert refused
+    for (source, loader, machine), c in refused.items():
+        accept: tuple[str, ...] = ()
+        cell = c
+        while "'compat." in cell.converted.detail:
+            key = cell.converted.detail.split("'compat.", 1)[1].split("'", 1)[0]
+            assert key not in accept, (source, loader, cell.converted.detail)
+            accept += (key,)
+            cell = mx.run_cell(*source, loader, root, target_machine=machine,
+                               devices="fleet", accept=accept)
+        assert cell.converted.result == "refused", (source, loader, accept, cell.converted)
+
+
+def test_the_readme_fleet_table_is_what_the_qemus_did(fleet_cells):
+    rows = _readme_rows("fleet-matrix")
+    want = mx.markdown(list(fleet_cells.values())).splitlines()[2:]
+    missing = [line for cell, line in zip(fleet_cells.values(), want, strict=True)
+               if rows.get(_row_key(cell)) != line]
+    assert missing == [], "plugins/qemu/README.md's fleet matrix differs; observed:\n" + \
+        "\n".join(missing)
 
 
 # -- there and back: the stash -------------------------------------------------------------
