@@ -529,12 +529,8 @@ def _v(version: tuple[int, int] | None) -> str:
 def refresh(out: Path = DATA) -> Path:  # pragma: no cover - needs the QEMUs
     """Ask QEMU 5.2, 7.2 and 10.0 which properties the types in the compat
     table have, with their defaults; write the table."""
-    import os
-    import subprocess
-    import tempfile
-
     from . import versions
-    from .qmp import QMPClient, QMPError
+    from .qmp import QMPError
 
     wanted: dict[str, set[str]] = {}
     for props in machines.compat_props_index().values():
@@ -545,15 +541,8 @@ def refresh(out: Path = DATA) -> Path:  # pragma: no cover - needs the QEMUs
     table: dict[str, Any] = {"source": "device-list-properties / qom-list-properties",
                              "versions": {}}
     for version in versions.VERSIONS:
-        build = versions.find(version, build=True)
-        sock = Path(tempfile.mkdtemp()) / "qmp.sock"
-        proc = subprocess.Popen(
-            [*build.argv, "-nodefaults", "-display", "none", "-machine", "none", "-S",
-             "-qmp", f"unix:{sock},server=on,wait=off"],
-            env={**os.environ, **build.env}, stdin=subprocess.DEVNULL)
         per: dict[str, Any] = {}
-        try:
-            qmp = QMPClient.connect(str(sock), timeout=60, process=proc)
+        with versions.qmp_session(version) as qmp:
             for t in types:
                 props = None
                 for cmd in ("device-list-properties", "qom-list-properties"):
@@ -566,10 +555,6 @@ def refresh(out: Path = DATA) -> Path:  # pragma: no cover - needs the QEMUs
                 per[t] = None if props is None else {
                     p["name"]: p.get("default-value") for p in props
                     if p["name"] in wanted[t]}
-            qmp.execute("quit")
-            qmp.close()
-        finally:
-            proc.wait(timeout=30)
         table["versions"][version] = per
     out.write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")
     return out

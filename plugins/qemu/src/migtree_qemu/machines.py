@@ -113,26 +113,11 @@ def newest(family: str, at_most: tuple[int, int] | None = None) -> str | None:
 def refresh(out: Path = DATA) -> Path:  # pragma: no cover - needs QEMU 10.0
     """Ask QEMU 10.0 for its machine types and their compat properties and
     write the delta table."""
-    import os
-    import subprocess
-    import tempfile
-
     from . import versions
-    from .qmp import QMPClient
 
-    build = versions.find("10.0", build=True)
-    sock = Path(tempfile.mkdtemp()) / "qmp.sock"
-    proc = subprocess.Popen(
-        [*build.argv, "-nodefaults", "-display", "none", "-machine", "none", "-S",
-         "-qmp", f"unix:{sock},server=on,wait=off"],
-        env={**os.environ, **build.env}, stdin=subprocess.DEVNULL)
-    try:
-        qmp = QMPClient.connect(str(sock), timeout=60, process=proc)
+    with versions.qmp_session("10.0") as qmp:
         machines = qmp.execute("query-machines", **{"compat-props": True})
-        qmp.execute("quit")
-        qmp.close()
-    finally:
-        proc.wait(timeout=30)
+    full_version = versions.find("10.0").full_version
     families: dict[str, list[dict[str, Any]]] = {}
     full: dict[str, set[tuple[str, str, str]]] = {}
     for m in machines:
@@ -143,7 +128,7 @@ def refresh(out: Path = DATA) -> Path:  # pragma: no cover - needs QEMU 10.0
                            for p in m.get("compat-props", [])}
         families.setdefault(parsed[0], []).append(m["name"])
     table: dict[str, Any] = {
-        "source": f"QEMU {build.full_version}: query-machines compat-props",
+        "source": f"QEMU {full_version}: query-machines compat-props",
         "families": {}}
     for fam, names in sorted(families.items()):
         names.sort(key=lambda n: parse(n)[1], reverse=True)

@@ -25,14 +25,18 @@ in its default mode) and Debian's package registry.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import re
 import shutil
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 #: QEMU version -> the Debian suite that ships it
 SUITES: dict[str, str] = {"5.2": "bullseye", "7.2": "bookworm", "10.0": "trixie"}
@@ -222,6 +226,34 @@ def find(version: str, build: bool = False) -> QemuBuild:
             if not root.is_dir():
                 _build_chroot(SUITES[version], root)
     return chroot_build(version, root)
+
+
+@contextlib.contextmanager
+def qmp_session(version: str) -> Iterator[Any]:
+    """A QMP client of QEMU *version* started with no machine (``-machine
+    none -S``), for asking it about itself; the process ends afterwards."""
+    from .qmp import QMPClient
+
+    build = find(version, build=True)
+    sock = Path(tempfile.mkdtemp(prefix="qmp")) / "qmp.sock"
+    proc = subprocess.Popen(
+        [*build.argv, "-nodefaults", "-display", "none", "-machine", "none", "-S",
+         "-qmp", f"unix:{sock},server=on,wait=off"],
+        env=build.environ(), stdin=subprocess.DEVNULL)
+    qmp = None
+    try:
+        qmp = QMPClient.connect(str(sock), timeout=60, process=proc)
+        yield qmp
+        qmp.execute("quit")
+    finally:
+        if qmp is not None:
+            qmp.close()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        shutil.rmtree(sock.parent, ignore_errors=True)
 
 
 def main(argv: list[str]) -> int:

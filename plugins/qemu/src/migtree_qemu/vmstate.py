@@ -539,38 +539,8 @@ def qemu_json(value: Any, style: str = "json-writer") -> str:
     ``\\uXXXX`` upper-case escapes for control characters and non-ASCII),
     or with *style* ``"qjson"`` like QEMU 5.2's qjson.c."""
     parts: list[str] = []
-    if style == "qjson":
-        _old_qjson(value, parts.append)
-    else:
-        _qjson(value, parts.append)
+    _qjson(value, parts.append, _STYLES[style])
     return "".join(parts)
-
-
-def _old_qjson(v: Any, emit: Callable[[str], None]) -> None:
-    # qjson.c: "{ " ... " }", "[ " ... " ]", '"key" : ', strings unescaped
-    if isinstance(v, dict):
-        emit("{ ")
-        for i, (k, x) in enumerate(v.items()):
-            if i:
-                emit(", ")
-            emit(f'"{k}" : ')
-            _old_qjson(x, emit)
-        emit(" }")
-    elif isinstance(v, list):
-        emit("[ ")
-        for i, x in enumerate(v):
-            if i:
-                emit(", ")
-            _old_qjson(x, emit)
-        emit(" ]")
-    elif isinstance(v, bool):
-        emit("true" if v else "false")
-    elif isinstance(v, int):
-        emit(str(v))
-    elif isinstance(v, str):
-        emit(f'"{v}"')
-    else:
-        raise TypeError(f"not writable by QEMU's qjson: {v!r}")
 
 
 _ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\f": "\\f", "\n": "\\n",
@@ -594,23 +564,32 @@ def _qstr(s: str) -> str:
     return "".join(out)
 
 
-def _qjson(v: Any, emit: Callable[[str], None]) -> None:
+#: (object open, object close, array open, array close, key separator, string)
+_STYLES: dict[str, tuple[str, str, str, str, str, Callable[[str], str]]] = {
+    "json-writer": ("{", "}", "[", "]", ": ", _qstr),
+    # QEMU <= 6.1's qjson.c: spaces inside brackets, '"key" : ', strings as they are
+    "qjson": ("{ ", " }", "[ ", " ]", " : ", lambda s: f'"{s}"'),
+}
+
+
+def _qjson(v: Any, emit: Callable[[str], None], style: tuple) -> None:
+    obj_open, obj_close, arr_open, arr_close, colon, string = style
     if isinstance(v, dict):
-        emit("{")
+        emit(obj_open)
         for i, (k, x) in enumerate(v.items()):
             if i:
                 emit(", ")
-            emit(_qstr(k))
-            emit(": ")
-            _qjson(x, emit)
-        emit("}")
+            emit(string(k))
+            emit(colon)
+            _qjson(x, emit, style)
+        emit(obj_close)
     elif isinstance(v, list):
-        emit("[")
+        emit(arr_open)
         for i, x in enumerate(v):
             if i:
                 emit(", ")
-            _qjson(x, emit)
-        emit("]")
+            _qjson(x, emit, style)
+        emit(arr_close)
     elif isinstance(v, bool):
         emit("true" if v else "false")
     elif isinstance(v, int):
@@ -618,7 +597,7 @@ def _qjson(v: Any, emit: Callable[[str], None]) -> None:
     elif isinstance(v, float):
         emit(repr(v) if math.isfinite(v) else str(v))
     elif isinstance(v, str):
-        emit(_qstr(v))
+        emit(string(v))
     elif v is None:
         emit("null")
     else:
