@@ -13,6 +13,7 @@ goes on — the serial port's throttled element included."""
 from __future__ import annotations
 
 import io
+import json
 import shutil
 import socket
 from dataclasses import dataclass, field
@@ -63,11 +64,17 @@ def has_queue_query(version: str) -> bool:
     return tuple(map(int, version.split("."))) >= (7, 0)
 
 
-def device_args(root: Path, tag: str, port_socket: Path) -> tuple[str, ...]:
+def device_args(root: Path, tag: str, port_socket: Path, machine: str) -> tuple[str, ...]:
     """Every device, with nothing leaving QEMU: user-mode networking with
     restrict=on, the console port into a file, the second port on a unix
-    socket the test holds."""
+    socket the test holds. On q35 the RNG sits behind a PCI Express root
+    port (a PCI Express function: 4096 bytes of config space, modern only)."""
     scsi = make_disk(root / f"{tag}-scsi.qcow2")
+    if machine == "q35":
+        rng = ("-device", "pcie-root-port,id=rp0,bus=pcie.0,chassis=1",
+               "-device", "virtio-rng-pci,id=vrng0,bus=rp0")
+    else:
+        rng = ("-device", "virtio-rng-pci,id=vrng0")
     return (
         "-netdev", "user,id=n0,restrict=on", "-device", "virtio-net-pci,netdev=n0,id=vnet0",
         "-object", "iothread,id=io0",
@@ -77,7 +84,7 @@ def device_args(root: Path, tag: str, port_socket: Path) -> tuple[str, ...]:
         "-device", "virtconsole,chardev=hvc,bus=vser0.0,id=vcon0",
         "-chardev", f"socket,id=port,path={port_socket},server=on,wait=off",
         "-device", "virtserialport,chardev=port,bus=vser0.0,id=vport1,name=org.migtree.port",
-        "-device", "virtio-rng-pci,id=vrng0",
+        *rng,
         "-drive", f"file={scsi},if=none,id=sd0drive",
         "-device", "virtio-scsi-pci,id=vscsi0",
         "-device", "scsi-hd,drive=sd0drive,bus=vscsi0.0,id=sd0",
@@ -105,6 +112,35 @@ def drain(s: socket.socket, want: int, timeout: float) -> bytes:
             break
         got += chunk
     return bytes(got)
+
+
+def incoming_from_fd(vm: QemuVM, stream: Path, timeout: float = 300) -> dict:
+    """Load *stream* into *vm* (started with ``-incoming defer``) through a
+    file descriptor of the file itself (QMP ``getfd``, then
+    ``migrate-incoming fd:``): QEMU reads a regular file without ever
+    waiting for input, so nothing of its main loop runs in the middle of a
+    section. Through a pipe (``exec:cat``) it can, and a virtio-serial port
+    that was throttled is flushed from there before its queues are loaded
+    (see README "QEMU streams"): QEMU then writes a used element where the
+    legacy layout would put the used ring, into the guest's memory.
+
+    The QMP client has no way to pass a file descriptor, so this speaks to
+    its socket directly (``send_fds``) and reads the answer with it."""
+    assert vm.qmp is not None and vm.proc is not None
+    request = {"execute": "getfd", "arguments": {"fdname": "stream"}, "id": "getfd-stream"}
+    with open(stream, "rb") as f:
+        socket.send_fds(vm.qmp._sock, [json.dumps(request).encode() + b"\r\n"], [f.fileno()])
+        while (reply := vm.qmp._read_message()).get("id") != "getfd-stream":
+            pass
+    if "error" in reply:
+        raise QMPError(f"getfd: {reply['error']}")
+    try:
+        vm.qmp.execute("migrate-incoming", uri="fd:stream")
+        return vm.qmp.wait_migration(timeout=timeout)
+    except (QMPError, OSError) as exc:
+        if vm.proc.poll() is None:
+            vm.proc.wait(timeout=20)
+        raise QMPError(f"incoming migration failed: {exc}\n{vm.output()}") from exc
 
 
 def qemu_view(vm: QemuVM, version: str) -> dict:
@@ -146,7 +182,7 @@ class Made:
         return StreamConfig(machine=self.cfg.machine, accel="tcg", memory=self.cfg.memory,
                             guest=self.cfg.guest, running=self.cfg.running,
                             qemu=self.version, extra=device_args(self.root, self.tag,
-                                                                 port_socket))
+                                                                 port_socket, self.machine))
 
 
 class DeviceStreams:
@@ -188,7 +224,7 @@ class DeviceStreams:
         tag = f"dev-qemu{version}-{machine}" + ("-linux" if guest else "") + \
             ("-poison" if poison else "")
         sock = Path(self.root) / f"{tag}-src.sock"
-        extra = device_args(self.root, tag, sock)
+        extra = device_args(self.root, tag, sock, machine)
         if poison:  # the guest poisons freed pages: it negotiates PAGE_POISON
             extra += ("-append", "console=ttyS0 panic=-1 init_on_free=1")
         cfg = StreamConfig(machine=machine, memory=GUEST_MEMORY if guest else 64,
@@ -237,7 +273,7 @@ class DeviceStreams:
         port = None
         try:
             port = connect(sock)
-            vm.incoming_from_file(stream)
+            incoming_from_fd(vm, stream)
         except BaseException:
             vm.stop()
             if port is not None:
@@ -405,6 +441,9 @@ def test_every_virtio_section_of_a_paused_machine_decodes_and_writes_back(
         assert node["status"] == 0 and not node.get("started"), dev_id
         assert all(q["desc"] == 0 and q["last_avail_idx"] == 0 for q in node["queues"])
     assert dev["vser0"]["ports_map"] == [0b11]  # the console at 0, the port at 1
+    config = {vmsd: len(pci["pci_config"]) for vmsd, pci in virtio_sections(tree).items()}
+    assert config.pop("virtio-rng") == (4096 if machine == "q35" else 256)
+    assert set(config.values()) == {256}
     assert [p["id"] for p in dev["vser0"]["ports"]] == [0, 1]
     assert written == made.path.read_bytes()
 
@@ -495,12 +534,15 @@ def test_qemu_loads_what_we_wrote_and_the_guest_goes_on(device_streams, version,
                                                         tmp_path):
     """Our bytes (through migtree CBOR) load into the same QEMU; its own view
     of every queue is what we decoded; on cont the guest's loop goes on,
-    console lines keep arriving, and the second port delivers the rest of
-    its data — exactly the bytes the source had not written."""
+    console lines keep arriving, and the second port resumes the element it
+    was writing where the decoded ``iov_idx``/``iov_offset`` say, then the
+    rest of the queue: the bytes the source had not written, exactly."""
     made = device_streams.guest_stream(version, machine)
     back = tmp_path / "back.qevm"
     _, tree, _ = through_cbor(made.path, back)
     lines = made.hvc.read_bytes().count(b"MIGTREE-HVC")
+    (elem,) = [p["elem"] for p in backends(tree)["vser0"]["ports"] if p["id"] == 1]
+    elem_rest = sum(sg["len"] for sg in elem["out_sg"][elem["iov_idx"]:]) - elem["iov_offset"]
     vm, port = device_streams.load(made, back, "dst")
     try:
         assert vm.qmp.execute("query-status")["status"] == "paused"
@@ -521,6 +563,7 @@ def test_qemu_loads_what_we_wrote_and_the_guest_goes_on(device_streams, version,
                 assert taken == 0 or (dev_id, i) == ("vser0", 5), (dev_id, i, taken)
         vm.qmp.execute("cont")
         rest = drain(port, len(PORT_DATA) - len(made.port_bytes), timeout=60)
+        assert len(rest) > elem_rest
         assert made.port_bytes + rest == PORT_DATA
         text = wait_serial(vm, vm.serial, "MIGTREE-LOOP ", count=3, timeout=120)
         assert "MIGTREE-INIT" not in text and "MIGTREE-DEV ready" not in text
