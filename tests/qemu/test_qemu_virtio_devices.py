@@ -78,7 +78,8 @@ def device_args(root: Path, tag: str, port_socket: Path, machine: str) -> tuple[
     return (
         "-netdev", "user,id=n0,restrict=on", "-device", "virtio-net-pci,netdev=n0,id=vnet0",
         "-object", "iothread,id=io0",
-        "-device", "virtio-balloon-pci,id=vballoon0,free-page-hint=on,iothread=io0",
+        "-device", "virtio-balloon-pci,id=vballoon0,free-page-hint=on,iothread=io0,"
+                   "free-page-reporting=on",
         "-device", "virtio-serial-pci,id=vser0",
         "-chardev", f"file,id=hvc,path={root / f'{tag}.hvc'},append=on",
         "-device", "virtconsole,chardev=hvc,bus=vser0.0,id=vcon0",
@@ -496,6 +497,8 @@ def test_a_linux_guest_using_every_device_decodes_to_what_qemu_reports(
     balloon = dev["vballoon0"]
     assert balloon["num_pages"] == balloon["actual"] == BALLOON_BYTES // 4096
     assert balloon["free_page_report"] is not None  # free-page-hint=on, negotiated
+    # inflate, deflate, stats, free page hints, free page reports (no state of its own)
+    assert len(balloon["queues"]) == 5
     net = dev["vnet0"]
     assert net["net_status"] & 1  # link up
     ports = {p["id"]: p for p in dev["vser0"]["ports"]}
