@@ -18,14 +18,16 @@ import dataclasses
 import re
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import qemu_streams
-from qemu_streams import StreamConfig, load_stream, make_stream, qemu_build, wait_serial
+from qemu_streams import QemuVM, StreamConfig, load_stream, make_stream, qemu_build, wait_serial
 
-from migtree_qemu import machines, qevm
+from migtree_qemu import machines, qevm, qompaths
+from migtree_qemu.qmp import QMPError
 
 LOADERS = ("5.2", "7.2", "10.0")
 #: (producing QEMU, machine type): each version's newest pc and q35, and older ones
@@ -283,6 +285,280 @@ def run_fleet(root: Path) -> list[Cell]:
     return cells
 
 
+# -- the fleet guest on the fleet device set ------------------------------------------------
+
+#: (producing QEMU, machine type, loading QEMU, loading machine type or None for
+#: :func:`loading_machine`'s): cells of the fleet matrix migtree converts, run
+#: with the fleet guest (tests/qemu/fleet_guest.py) using every device
+LINUX_FLEET = (
+    ("5.2", "pc-i440fx-5.2", "7.2", None),
+    ("5.2", "pc-i440fx-5.2", "10.0", None),
+    ("7.2", "pc-q35-7.2", "10.0", None),
+    ("10.0", "pc-q35-7.2", "7.2", None),
+    ("10.0", "pc-i440fx-10.0", "10.0", None),
+    ("7.2", "pc-i440fx-7.2", "10.0", "pc-i440fx-10.0"),
+)
+#: what a round of the fleet guest names when every device worked (its NICs:
+#: the default NIC, e1000e, virtio-net); "balloon" is the host's: the
+#: balloon reached the size QMP ``balloon`` asked for
+FLEET_GUEST_DEVICES = ("vda", "sda", "eth0", "eth1", "eth2", "hvc", "rng", "usb", "gpu")
+#: what a Linux guest prints when a device broke under it (and a hung task's words)
+FLEET_KERNEL_ERRORS = ("I/O error", "Oops", "BUG:", "Call Trace", "timed out", "Kernel panic",
+                       "hung task", "blocked for more than", "Hardware Unit Hang")
+_FLEET_ROUND = re.compile(r"MIGTREE-FLEET (\d+)((?: [a-z0-9]+)*) mem=(\d+)")
+MIB = 1 << 20
+#: the fleet guest's RAM, and what the balloon leaves it (MiB): on the source before migrating
+#: (inflated), on the loading side (deflated), after its system_reset (inflated)
+FLEET_MEMORY = 256
+FLEET_BALLOON = (192, 224, 208)
+
+
+def fleet_rounds(text: str) -> list[tuple[int, frozenset[str], int]]:
+    """The fleet guest's rounds in *text*: (n, the devices that worked, MemTotal MiB)."""
+    return [(int(m.group(1)), frozenset(m.group(2).split()), int(m.group(3)))
+            for m in _FLEET_ROUND.finditer(text)]
+
+
+def _tablet_event(vm: Any, step: int) -> None:
+    """Move the usb-tablet (the only absolute pointer): the guest counts its events."""
+    pos = 1000 + (step * 3000) % 30000
+    vm.qmp.execute("input-send-event", events=[
+        {"type": "abs", "data": {"axis": "x", "value": pos}},
+        {"type": "abs", "data": {"axis": "y", "value": pos}}])
+
+
+def wait_fleet(vm: Any, log: Path, after: str | None = None, rounds: int = 3,
+               timeout: float = 240, start: int = 0) -> tuple[str, frozenset[str]]:
+    """Poll the serial *log* (from byte *start*; the part after the last
+    *after* marker, when given) until *rounds* consecutive rounds name every
+    device, moving the tablet meanwhile. Returns (the log, the devices that
+    worked): every device, or on timeout those named in the last *rounds*
+    rounds."""
+    want = frozenset(FLEET_GUEST_DEVICES)
+    deadline = time.monotonic() + timeout
+    step = 0
+    while True:
+        text = log.read_text(errors="replace") if log.exists() else ""
+        part = text[start:]
+        if after is not None:
+            part = text.rsplit(after, 1)[1] if after in text else ""
+        seen = [devices for _, devices, _ in fleet_rounds(part)]
+        if len(seen) >= rounds and all(want <= d for d in seen[-rounds:]):
+            return text, want
+        if vm.proc is not None and vm.proc.poll() is not None:
+            raise RuntimeError(f"QEMU exited while the fleet guest ran:\n{text[-3000:]}")
+        if time.monotonic() > deadline:
+            return text, frozenset().union(*seen[-rounds:])
+        _tablet_event(vm, step)
+        step += 1
+        time.sleep(0.5)
+
+
+def set_balloon(vm: Any, mib: int, timeout: float = 90) -> bool:
+    """Ask the balloon for *mib* MiB of guest RAM; did the guest get there?"""
+    vm.qmp.execute("balloon", value=mib * MIB)
+    try:
+        vm.qmp.wait_until("query-balloon", lambda r: r.get("actual") == mib * MIB,
+                          timeout=timeout)
+    except QMPError:  # the guest did not get there
+        return False
+    return True
+
+
+def balloon_step(vm: Any, log: Path, mib: int) -> tuple[str, frozenset[str], bool, int]:
+    """Move the balloon to *mib* MiB while the fleet guest runs, then wait
+    for two more rounds with every device. Returns (the log, the devices
+    that worked in those rounds, whether the balloon got there -- QEMU's
+    ``query-balloon`` and the guest's MemTotal moved by as much, within 2
+    MiB --, the guest's MemTotal in MiB)."""
+    text = log.read_text(errors="replace")
+    was = vm.qmp.execute("query-balloon")["actual"] // MIB
+    rounds = fleet_rounds(text)
+    mem_was = rounds[-1][2] if rounds else 0
+    reached = set_balloon(vm, mib)
+    start = len(text)
+    text, devices = wait_fleet(vm, log, rounds=2, start=start)
+    rounds = fleet_rounds(text[start:])
+    mem = rounds[-1][2] if rounds else 0
+    return text, devices, reached and abs((mem_was - mem) - (was - mib)) <= 2, mem
+
+
+def _console_lines(disk: Path) -> int:
+    """The fleet guest's lines in the console port's file (``fleet_args``
+    puts it beside the VM's disk)."""
+    console = disk.with_name(disk.stem + "-console.log")
+    return console.read_text(errors="replace").count("MIGTREE-FLEET-HVC") \
+        if console.exists() else 0
+
+
+def _console_confirms(devices: frozenset[str], disk: Path, had: int) -> frozenset[str]:
+    """*devices*, without ``hvc`` unless the host's end of the console port
+    got more than the *had* lines it had: the bytes arrive."""
+    return devices if _console_lines(disk) > had else devices - {"hvc"}
+
+
+def _worked(devices: frozenset[str], balloon: bool) -> tuple[str, ...]:
+    names = [d for d in FLEET_GUEST_DEVICES if d in devices]
+    return tuple(names + (["balloon"] if balloon else []))
+
+
+def make_fleet_stream(cfg: StreamConfig, root: Path) -> tuple[Path, tuple[str, ...], str]:
+    """Boot the fleet guest (*cfg*), wait for rounds with every device
+    working, inflate the balloon (256 -> 192 MiB), migrate. Returns (the
+    stream, the devices that worked, what went wrong: "" when nothing);
+    its disks are ``<stream>.qcow2`` and ``<stream>-scsi.qcow2``, kept."""
+    out = root / f"{cfg.name}-fleetguest.qevm"
+    done = out.with_suffix(".worked")
+    if out.exists() and done.exists():
+        worked, _, problem = done.read_text().partition("\n")
+        return out, tuple(worked.split()), problem
+    disk = qemu_streams.make_disk(out.with_suffix(".qcow2"))
+    serial = out.with_suffix(".serial")
+    serial.unlink(missing_ok=True)
+    tmp = out.with_suffix(".part")
+    with QemuVM(cfg.args(disk, serial), root, out.stem + "-src",
+                build=qemu_streams._build_of(cfg.qemu)) as vm:
+        _, devices = wait_fleet(vm, serial)
+        text, more, balloon, _ = balloon_step(vm, serial, FLEET_BALLOON[0])
+        worked = _worked(_console_confirms(devices & more, out, 0), balloon)
+        problem = _fleet_problem(text, worked)
+        qompaths.save(qompaths.walk(vm.qmp), out.with_suffix(".qom.json"))
+        vm.migrate_to_file(tmp)
+    tmp.rename(out)
+    done.write_text(" ".join(worked) + "\n" + problem)
+    return out, worked, problem
+
+
+def _fleet_problem(text: str, worked: tuple[str, ...]) -> str:
+    """What went wrong in a stretch of the guest's serial output: devices
+    that stopped, kernel errors, a reboot; "" when nothing."""
+    problems = []
+    stopped = [d for d in (*FLEET_GUEST_DEVICES, "balloon") if d not in worked]
+    if stopped:
+        problems.append("stopped: " + " ".join(stopped))
+    bad = [m for m in FLEET_KERNEL_ERRORS if m in text]
+    if bad:
+        problems.append(f"kernel errors: {bad}")
+    return "; ".join(problems)
+
+
+@dataclass
+class FleetCell:
+    """A cell of the fleet matrix run with the fleet guest: migtree's
+    conversion loaded, and which devices worked on the source, after
+    loading and after ``system_reset`` on the loading side."""
+
+    source: tuple[str, str]
+    loader: str
+    machine: str
+    converted: Outcome
+    changes: list[str]
+    before: tuple[str, ...] = ()
+    after: tuple[str, ...] = ()
+    after_reset: tuple[str, ...] = ()
+    #: the guest's MemTotal (MiB) on the loading side: after deflating, and after
+    #: the reset and inflating
+    memory: tuple[int, ...] = ()
+
+
+def run_linux_fleet_cell(version: str, machine: str, loader: str, root: Path,
+                         guest: tuple[str, str], target_machine: str | None = None
+                         ) -> FleetCell:
+    """One cell with the fleet guest: the source's devices all working and
+    its balloon inflated when it migrates; migtree's conversion loaded (the
+    launch arguments the analysis gives), ``cont``, every device working
+    again and the balloon deflated to 224 MiB, no kernel error; then QMP
+    ``system_reset``: a fresh boot with every device working."""
+    src_cfg = StreamConfig(machine=machine, accel="tcg", smp=1, running=True, qemu=version,
+                           memory=FLEET_MEMORY, guest=guest, devices="fleet")
+    stream, before, problem = make_fleet_stream(src_cfg, root)
+    target_machine = target_machine or loading_machine(machine, loader)
+    key = ((version, machine), loader, target_machine)
+    if problem:
+        return FleetCell(*key, Outcome("guest failed", f"on the source: {problem}"), [], before)
+    dump = qemu_streams.dump_vmstate(root, target_machine, loader)
+    tag = f"{stream.stem}-to-{loader}-{target_machine}"
+    out = root / f"{tag}.qevm"
+    refused, apps, launch = convert(stream, dump, out)
+    changes = [f"{a.path}: {a.filter}" for a in apps]
+    if refused is not None:
+        return FleetCell(*key, refused, changes, before)
+    # the source's disks, both of them, as the loading side's
+    disk = root / f"{tag}-converted.qcow2"
+    disk.write_bytes(stream.with_suffix(".qcow2").read_bytes())
+    disk.with_name(disk.stem + "-scsi.qcow2").write_bytes(
+        stream.with_name(stream.stem + "-scsi.qcow2").read_bytes())
+    dst_cfg = StreamConfig(machine=target_machine, accel="tcg", smp=1, running=True,
+                           qemu=loader, memory=FLEET_MEMORY, guest=guest, devices="fleet",
+                           extra=tuple(launch))
+    if launch:
+        changes.append("launch: " + " ".join(launch[1::2]))
+    try:
+        vm = load_stream(dst_cfg, out, root, f"{tag}-converted", disk=disk)
+    except Exception as exc:  # QEMU refused: its words are in the message
+        return FleetCell(*key, Outcome("refused", qemu_error(str(exc))), changes, before)
+    mem: list[int] = []
+    try:
+        vm.qmp.execute("cont")
+        vm.qmp.wait_until("query-status", lambda r: r.get("status") == "running", timeout=30)
+        _, devices = wait_fleet(vm, vm.serial)
+        text, more, balloon, memtotal = balloon_step(vm, vm.serial, FLEET_BALLOON[1])
+        after = _worked(_console_confirms(devices & more, disk, 0), balloon)
+        hvc_lines = _console_lines(disk)
+        mem.append(memtotal)
+        problems = [_fleet_problem(text, after)]
+        if "MIGTREE-FLEET-BOOT" in text:
+            problems.append("the guest rebooted")
+        # a reset on the loading side: the guest boots afresh on the loaded devices
+        # (the command line's -no-reboot would make it a shutdown)
+        vm.qmp.execute("set-action", reboot="reset")
+        vm.qmp.execute("system_reset")
+        wait_serial(vm, vm.serial, "MIGTREE-FLEET-BOOT", timeout=240)
+        _, devices = wait_fleet(vm, vm.serial, after="MIGTREE-FLEET-BOOT")
+        # the balloon kept its target through the reset (the new guest's driver
+        # inflated to it); inflated further, the new guest gives the pages
+        text, more, balloon, memtotal = balloon_step(vm, vm.serial, FLEET_BALLOON[2])
+        after_reset = _worked(_console_confirms(devices & more, disk, hvc_lines), balloon)
+        booted = text.rsplit("MIGTREE-FLEET-BOOT", 1)[1]
+        mem.append(memtotal)
+        reset_problem = _fleet_problem(booted, after_reset)
+        if reset_problem:
+            problems.append(f"after system_reset: {reset_problem}")
+        # kernel errors anywhere on the loading side: before the reset and during it
+        bad = [m for m in FLEET_KERNEL_ERRORS if m in text]
+        if bad and not any("kernel errors" in p for p in problems):
+            problems.append(f"kernel errors: {bad}")
+    except (RuntimeError, QMPError) as exc:  # QEMU exited or the guest never booted again
+        return FleetCell(*key, Outcome("guest failed", str(exc)[-300:]), changes, before,
+                         memory=tuple(mem))
+    finally:
+        vm.stop()
+    problem = "; ".join(p for p in problems if p)
+    result = Outcome("guest failed", problem) if problem else \
+        Outcome("accepted", "every device goes on, also after system_reset")
+    return FleetCell(*key, result, changes, before, after, after_reset, tuple(mem))
+
+
+def run_linux_fleet(root: Path, guest: tuple[str, str]) -> list[FleetCell]:
+    """The :data:`LINUX_FLEET` cells with the fleet guest (*guest*: its kernel
+    and initramfs, fleet_guest.build_fleet_guest())."""
+    return [run_linux_fleet_cell(v, m, loader, root, guest, target_machine=t)
+            for v, m, loader, t in LINUX_FLEET]
+
+
+def fleet_markdown(cells: list[FleetCell]) -> str:
+    rows = ["| stream (QEMU, machine type), fleet guest | loaded by | migtree convert --target "
+            "(machine type) | working before (balloon inflated) | after loading (balloon "
+            "deflated) | after system_reset | what migtree changed |",
+            "| --- | --- | --- | --- | --- | --- | --- |"]
+    for c in cells:
+        rows.append(f"| {c.source[0]} {c.source[1]} | {c.loader} | {c.converted.short()} "
+                    f"({c.machine}) | {' '.join(c.before) or '-'} | "
+                    f"{' '.join(c.after) or '-'} | {' '.join(c.after_reset) or '-'} | "
+                    f"{describe_changes(c.changes)} |")
+    return "\n".join(rows)
+
+
 def run_all(root: Path, guest: tuple[str, str] | None = None) -> list[Cell]:
     cells = [run_cell(v, m, loader, root) for v, m in SOURCES for loader in LOADERS]
     cells += [run_cell(v, m, loader, root, target_machine=t) for v, m, loader, t in UPGRADES]
@@ -299,3 +575,8 @@ if __name__ == "__main__":
     print(markdown(run_all(outdir, tuple(map(str, guest_builder.build_guest())))))
     print()
     print(markdown(run_fleet(outdir)))
+    import fleet_guest
+
+    print()
+    print(fleet_markdown(run_linux_fleet(outdir, tuple(map(str,
+                                                           fleet_guest.build_fleet_guest())))))
