@@ -316,3 +316,60 @@ def test_a_refusal_writes_nothing_and_names_section_field_and_reason(root, tmp_p
     assert "refused, nothing written: /machine/" in run.stderr
     assert "pckbd@3" in run.stderr and "kbd.status has OBF set" in run.stderr
     assert out.read_bytes() == b"old"
+
+
+# -- the fleet guest on the fleet device set -----------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def fleet_guest_artifacts() -> tuple[str, str]:
+    """(kernel, initramfs) of the fleet guest (tests/qemu/fleet_guest.py)."""
+    from qemu_streams import need_qemu
+
+    need_qemu()
+    import fleet_guest
+    import guest_builder
+
+    try:
+        kernel, initrd = fleet_guest.build_fleet_guest()
+    except guest_builder.GuestBuildError as exc:
+        pytest.fail(f"cannot build the fleet guest: {exc}")
+    return str(kernel), str(initrd)
+
+
+@pytest.fixture(scope="session")
+def linux_fleet_cells(root, fleet_guest_artifacts):
+    """The fleet cells with the fleet guest (about a minute each)."""
+    return {(c.source, c.loader, c.machine): c
+            for c in mx.run_linux_fleet(root, fleet_guest_artifacts)}
+
+
+@pytest.mark.slow
+def test_the_fleet_guest_keeps_every_device_working_after_conversion(linux_fleet_cells):
+    every = (*mx.FLEET_GUEST_DEVICES, "balloon")
+    assert len(linux_fleet_cells) == len(mx.LINUX_FLEET)
+    for key, c in linux_fleet_cells.items():
+        assert c.converted.result == "accepted", (key, c.converted)
+        assert c.before == every, (key, "on the source", c.before)
+        assert c.after == every, (key, "after loading", c.after)
+        assert c.after_reset == every, (key, "after system_reset", c.after_reset)
+    # the cells QEMU loads only through migtree's conversion are among them
+    converted = [k for k, c in linux_fleet_cells.items() if c.changes]
+    assert any(k[0] == ("10.0", "pc-q35-7.2") and k[1] == "7.2" for k in converted)
+
+
+@pytest.mark.slow
+def test_the_readme_fleet_guest_table_is_what_the_qemus_did(linux_fleet_cells):
+    text = README.read_text()
+    block = text[text.index("<!-- fleet-linux-matrix -->"):
+                 text.index("<!-- /fleet-linux-matrix -->")]
+    def key(line: str) -> tuple[str, ...]:  # stream, loaded by, the loading machine type
+        cols = [c.strip() for c in line.strip("|").split("|")]
+        return cols[0], cols[1], cols[2].rsplit("(", 1)[-1]
+
+    rows = {key(line): line for line in block.splitlines()
+            if line.startswith("| ") and "---" not in line and " stream " not in line}
+    want = mx.fleet_markdown(list(linux_fleet_cells.values())).splitlines()[2:]
+    missing = [line for line in want if rows.get(key(line)) != line]
+    assert len(rows) == len(want) and missing == [], \
+        "plugins/qemu/README.md's fleet guest matrix differs; observed:\n" + "\n".join(missing)
