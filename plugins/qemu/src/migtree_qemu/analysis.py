@@ -97,19 +97,13 @@ CATALOGUE: dict[tuple[str, str], Kind] = {
         "config-bit", "the PM capability's No_Soft_Reset bit (read-only: the loading QEMU "
                       "refuses config space that differs)"),
     ("x86_64-cpu", "*"): Kind("cpuid", "CPUID values the guest read at boot"),
-    ("x86_64-cpu", "hv-version-id-build"): Kind("cpuid", "the Hyper-V version the CPUID "
-                                                "enlightenment leaves report", on=("hyperv",)),
-    ("x86_64-cpu", "hv-version-id-major"): Kind("cpuid", "the Hyper-V version the CPUID "
-                                                "enlightenment leaves report", on=("hyperv",)),
-    ("x86_64-cpu", "hv-version-id-minor"): Kind("cpuid", "the Hyper-V version the CPUID "
-                                                "enlightenment leaves report", on=("hyperv",)),
+    **{("x86_64-cpu", f"hv-version-id-{part}"): Kind(
+        "cpuid", "the Hyper-V version the CPUID enlightenment leaves report", on=("hyperv",))
+       for part in ("build", "major", "minor")},
     ("qemu64-x86_64-cpu", "*"): Kind("cpuid", "the CPU model's CPUID family/model/stepping"),
-    ("ICH9-LPC", "x-smi-periodic-timer"): Kind("smi-feature", "an SMI feature offered to "
-                                               "the firmware"),
-    ("ICH9-LPC", "x-smi-swsmi-timer"): Kind("smi-feature", "an SMI feature offered to the "
-                                            "firmware"),
-    ("ICH9-LPC", "x-smi-cpu-hotunplug"): Kind("smi-feature", "an SMI feature offered to the "
-                                              "firmware"),
+    **{("ICH9-LPC", prop): Kind("smi-feature", "an SMI feature offered to the firmware")
+       for prop in ("x-smi-periodic-timer", "x-smi-swsmi-timer", "x-smi-cpu-hotunplug",
+                    "x-smi-cpu-hotplug")},
     # on q35 only root ports (and switch ports) are hotpluggable: a VM without
     # them has nothing these two act on
     ("ICH9-LPC", "acpi-pci-hotplug-with-bridge-support"): Kind(
@@ -123,15 +117,13 @@ CATALOGUE: dict[tuple[str, str], Kind] = {
                                      "device"),
     ("PIIX4_PM", "smm-compat"): Kind("reset", "SMM compatibility of the power management "
                                      "device"),
-    ("e1000", "init-vet"): Kind("reset", "the VLAN ether type register's value after reset"),
-    ("e1000e", "init-vet"): Kind("reset", "the VLAN ether type register's value after reset"),
+    **{(nic, "init-vet"): Kind("reset", "the VLAN ether type register's value after reset")
+       for nic in ("e1000", "e1000e")},
     ("virtio-blk-device", "report-discard-granularity"): Kind(
         "config-read", "the discard granularity in the virtio-blk config space, read by the "
                        "driver when it probes"),
     ("pvpanic", "events"): Kind("config-read", "the panic events the pvpanic port reports "
                                 "supported, read by the driver when it probes"),
-    ("ICH9-LPC", "x-smi-cpu-hotplug"): Kind("smi-feature", "an SMI feature offered to the "
-                                            "firmware"),
     ("pci-host-bridge", "x-config-reg-migration-enabled"): Kind(
         "migration", "whether the host bridge's config address register is migrated"),
     ("virtio-device", "x-disable-legacy-check"): Kind("migration", "a check QEMU makes when "
