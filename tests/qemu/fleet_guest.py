@@ -18,10 +18,11 @@ and runs one worker per device, each counting what succeeded:
           ``input-send-event``; through qemu-xhci, usbhid, evdev)
 ``gpu``   writes to virtio-gpu's framebuffer; counted when the device's
           interrupts went up (it completed commands)
-``cd``    when the VM has a CD-ROM (the fleet has none: its ``-device
-          scsi-hd`` turns QEMU's default CD-ROM off): opening the empty
-          drive answers "No medium found" (ATAPI through ata_piix or ahci,
-          whose drivers are loaded for the IDE/AHCI controller anyway)
+``cd``    when the VM has a CD-ROM (``fleet_args`` now gives it an empty
+          one; the probe below does not register with it yet, so a round
+          does not name it): opening the empty drive should answer "No
+          medium found" (ATAPI through ata_piix or ahci, whose drivers are
+          loaded for the IDE/AHCI controller anyway)
 ========  ============================================================
 
 Every two seconds it prints ``MIGTREE-FLEET <n> <devices> mem=<MiB>``:
@@ -57,8 +58,8 @@ FLEET_MODULES = [
     "pvpanic_mmio",
 ]
 
-#: what a round names when every device of the fleet device set worked
-#: (no ``cd``: ``fleet_args``' ``-device scsi-hd`` turns QEMU's default CD-ROM off)
+#: what a round names when every device of the fleet device set worked (not
+#: ``cd``: the empty CD-ROM's probe does not register yet)
 FLEET_DEVICES = ("vda", "sda", "eth0", "eth1", "eth2", "hvc", "rng", "usb", "gpu")
 
 # Everything it does stays inside QEMU: pings go to QEMU's user-mode network

@@ -125,7 +125,8 @@ MATRIX = [
 
 def fleet_args(machine: str, disk_path: Path) -> list[str]:
     """The devices a fleet runs, on top of the machine type's defaults (no
-    ``-nodefaults``: VGA, IDE/AHCI with an empty CD-ROM, the floppy on pc,
+    ``-nodefaults``: VGA, IDE/AHCI with an empty CD-ROM (given explicitly),
+    the floppy on pc,
     PS/2, RTC, HPET, PIT, PIC, IOAPIC, fw_cfg, ICH9 LPC/SMBus on q35). The
     default NIC is given explicitly (its model, e1000 on pc and e1000e on
     q35, on a user-mode network restricted to the guest), so no traffic
@@ -148,6 +149,9 @@ def fleet_args(machine: str, disk_path: Path) -> list[str]:
         "-chardev", f"file,id=con0,path={console}", "-device", "virtconsole,chardev=con0",
         "-device", "virtio-gpu-pci",
         "-device", "pvpanic",
+        # an empty CD-ROM on the machine's own IDE/AHCI controller: the scsi-hd
+        # drive above turns QEMU's default one off
+        "-drive", "if=ide,media=cdrom,id=cdrom0",
     ]
 
 
