@@ -770,8 +770,7 @@ def machine_type_pair(target_machine: str, vmdesc_style: str,
                description="give the machine type back"))
 
 
-def machine_notes(tree: Mapping[str, Any], source_machine: str | None,
-                  target_machine: str) -> list[str]:
+def machine_notes(source_machine: str | None, target_machine: str) -> list[str]:
     """Lines naming the compat properties that differ between the stream's
     original machine type and the target's."""
     if source_machine is None or source_machine == target_machine:

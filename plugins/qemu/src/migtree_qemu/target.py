@@ -207,15 +207,10 @@ class QemuTarget:
     def notes(self, tree: Mapping[str, Any]) -> list[str]:
         """After filtering: the compat properties that differ when the
         machine type was mapped, and the sections the dump cannot check."""
-        machine = tree.get("machine") if isinstance(tree, Mapping) else None
-        out: list[str] = []
-        if isinstance(machine, Mapping):
-            stash = (machine.get(STASH_KEY) or {}).get("qemu-machine-type") or {}
-            source = (stash.get("machine_type") or {}).get("machine")
-            out += compat.machine_notes(tree, source, self.machine)
-            from . import analysis
+        from . import analysis
 
-            out += analysis.notes(tree, self)
+        out = compat.machine_notes(analysis.source_machine(tree), self.machine)
+        out += analysis.notes(tree, self)
         undescribed = sorted({self._vmsd_of(n) for _, n in iter_section_nodes(dict(tree))
                               if self._vmsd_of(n) not in self.vmsds
                               and n.get(TYPE_KEY) != RAM_TYPE})
