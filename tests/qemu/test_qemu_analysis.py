@@ -48,6 +48,42 @@ def test_a_balloon_with_msix_cannot_go_to_a_qemu_whose_balloon_has_none():
     assert "has [2] MSI-X vectors" in f.reason and "QEMU 7.2 cannot give" in f.reason
 
 
+def _config_with_cap(cap_id: int, fields: dict[int, int], size: int = 256) -> bytes:
+    """A PCI config space whose one capability (*cap_id*, at 0x40) has the
+    16-bit registers *fields* (offset within the capability: value)."""
+    cfg = bytearray(size)
+    cfg[0x06] = 0x10  # status: a capability list
+    cfg[0x34] = 0x40
+    cfg[0x40] = cap_id
+    for off, value in fields.items():
+        cfg[0x40 + off:0x40 + off + 2] = value.to_bytes(2, "little")
+    return bytes(cfg)
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_an_msix_refusal_says_whether_the_guest_enabled_msix(enabled):
+    config = _config_with_cap(0x11, {2: (0x8000 if enabled else 0) | 1})
+    balloon = _node("virtio-balloon", "0000:00:05.0/virtio-balloon", lifted=True,
+                    msix_table=b"\0" * 32, config=config)
+    tree = _tree("pc-i440fx-10.0", balloon=balloon)
+    f = _find(analysis.analyse(tree, _target("pc-i440fx-7.2")), "virtio-balloon-pci.vectors")
+    assert f.verdict == "refuse"
+    assert ("the guest's driver enabled it" in f.reason) is enabled
+    assert ("the guest has not enabled it" in f.reason) is not enabled
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_an_extended_tag_refusal_says_whether_the_guest_enabled_extended_tags(enabled):
+    # the PCI Express capability: DEVCAP (offset 4) bit 5, DEVCTL (offset 8) bit 8
+    config = _config_with_cap(0x10, {4: 0x20, 8: 0x100 if enabled else 0}, size=4096)
+    nic = _node("e1000e", "0000:00:02.0/e1000e", parent_obj={"config": config})
+    tree = _tree("pc-q35-10.0", nic=nic)
+    f = _find(analysis.analyse(tree, _target("pc-q35-7.2")), "pci-device.x-pcie-ext-tag")
+    assert f.verdict == "refuse" and f.devices == ("/machine/qemu/nic",)
+    assert ("enabled extended tags" in f.reason) is enabled
+    assert ("the guest has not acted on it" in f.reason) is not enabled
+
+
 def test_a_balloon_without_msix_going_up_is_kept_without_by_a_global():
     tree = _tree("pc-i440fx-7.2", balloon=_balloon(0))
     findings = analysis.analyse(tree, _target("pc-i440fx-10.0"))

@@ -143,6 +143,14 @@ CATALOGUE: dict[tuple[str, str], Kind] = {
 #: the capability, mask) -- PCI Express DEVCAP Extended Tag, PM's PMCSR
 #: No_Soft_Reset
 CONFIG_BITS = {"x-pcie-ext-tag": (0x10, 4, 0x20), "x-pcie-pm-no-soft-reset": (0x01, 4, 0x08)}
+#: where the guest's use of a capability bit shows in the config space the
+#: stream carries: (capability id, offset, mask, what the set bit says) --
+#: a refusal then says whether the guest acted on what it read
+CONFIG_BIT_USE = {"x-pcie-ext-tag": (0x10, 8, 0x0100, "the guest's driver enabled extended "
+                                                       "tags (DEVCTL's Extended Tag Field "
+                                                       "Enable is set)")}
+#: MSI-X Enable in the MSI-X capability's Message Control register
+MSIX_CAP_ID, MSIX_ENABLE = 0x11, (2, 0x8000)
 
 #: ICH9 SMI feature bits (ICH9_LPC_SMI_F_*) behind the x-smi-* properties
 SMI_FEATURE_BITS = {"x-smi-broadcast": 0, "x-smi-cpu-hotplug": 1, "x-smi-cpu-hotunplug": 2,
@@ -387,10 +395,17 @@ def _judge_vectors(tree, base, kind, devs, has, tv) -> Finding:
                        reason=f"{kind.what}: the stream's device has {n[0]} MSI-X vectors; "
                               f"the target keeps them with -global "
                               f"{base['qom_type']}.vectors={n[0]}")
+    enabled = sorted(p for p in devs for cfg in _pci_configs(nodes[p])
+                     if _cap_bit(cfg, MSIX_CAP_ID, *MSIX_ENABLE))
+    use = ("the guest's driver enabled it (MSI-X Enable is set in the capability's Message "
+           "Control), so its interrupts arrive only as MSI-X messages" if enabled else
+           "the guest has not enabled it, but the capability is in the config space it "
+           "enumerated, and QEMU refuses config space that differs (removing the "
+           "capability is not a conversion migtree makes)")
     return Finding(**base, kind=kind.kind, verdict="refuse", devices=tuple(devs),
                    reason=f"{kind.what}: the stream's device has {n} MSI-X vectors in its "
                           f"config space and QEMU {_v(tv)} cannot give "
-                          f"{base['qom_type']} that (no vectors property there)")
+                          f"{base['qom_type']} that (no vectors property there); {use}")
 
 
 def _pci_configs(node: Mapping[str, Any]) -> Iterator[bytes]:
@@ -451,10 +466,18 @@ def _judge_config_bit(tree, base, kind, devs, has, tv) -> Finding:
                                            f"{'set' if values[0] else 'clear'}; kept with "
                                            f"-global {base['qom_type']}.{base['property']}="
                                            f"{value}")
+    used = ""
+    if base["property"] in CONFIG_BIT_USE:
+        u_cap, u_off, u_mask, u_what = CONFIG_BIT_USE[base["property"]]
+        acted = sorted(p for p in differ for cfg in _pci_configs(nodes[p])
+                       if _cap_bit(cfg, u_cap, u_off, u_mask))
+        used = f"; {u_what} on {', '.join(acted)}" if acted else \
+            "; the guest has not acted on it, but read-only config space that differs is " \
+            "refused by the loading QEMU"
     return Finding(**base, kind=kind.kind, verdict="refuse", devices=tuple(differ),
                    reason=f"{kind.what}: the stream's devices have it "
                           f"{'set' if bits[differ[0]] else 'clear'} and QEMU {_v(tv)} cannot "
-                          f"present that (no {base['property']} property there)")
+                          f"present that (no {base['property']} property there){used}")
 
 
 def _judge_smi(tree, base, kind, devs, has, value) -> Finding:
