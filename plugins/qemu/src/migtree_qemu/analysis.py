@@ -84,7 +84,7 @@ CATALOGUE: dict[tuple[str, str], Kind] = {
     ("virtio-net-device", "guest_uso6"): Kind("virtio-feature", "VIRTIO_NET_F_GUEST_USO6"),
     ("virtio-net-device", "host_uso"): Kind("virtio-feature", "VIRTIO_NET_F_HOST_USO"),
     ("*", "vectors"): Kind("msix-vectors", "the MSI-X capability's table size in PCI "
-                           "config space, which the guest's driver programs"),
+                           "config space"),
     ("pci-device", "x-pcie-ari-nextfn-1"): Kind(
         "pci-config", "the ARI capability's next function number", on=("igb",), pcie=True),
     ("pci-device", "x-pcie-ext-tag"): Kind(
