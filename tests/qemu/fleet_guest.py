@@ -18,19 +18,22 @@ and runs one worker per device, each counting what succeeded:
           ``input-send-event``; through qemu-xhci, usbhid, evdev)
 ``gpu``   writes to virtio-gpu's framebuffer; counted when the device's
           interrupts went up (it completed commands)
-``cd``    when the VM has a CD-ROM (``fleet_args`` now gives it an empty
-          one; the probe below does not register with it yet, so a round
-          does not name it): opening the empty drive should answer "No
-          medium found" (ATAPI through ata_piix or ahci, whose drivers are
-          loaded for the IDE/AHCI controller anyway)
+``cd``    a sector of the IDE/AHCI CD-ROM's medium (``fleet_args`` gives it
+          one whose sector *k* starts with ``MIGTREE-CD k``), read after
+          dropping the drive's buffers so that every read is ATAPI I/O
+          (ata_piix or ahci, sr_mod), and checked against its number
+``pvpanic`` the pvpanic port (0x505) read through ``/dev/port``: when its
+          capability register offers the crash-loaded event, the guest
+          writes that event, which QEMU reports as a QMP
+          ``GUEST_CRASHLOADED`` event and otherwise ignores (the panicked
+          event would stop the guest); the host counts the device only
+          when those QMP events arrive
 ========  ============================================================
 
 Every two seconds it prints ``MIGTREE-FLEET <n> <devices> mem=<MiB>``:
 the devices whose count went up since the last round, and MemTotal (the
 balloon takes pages out of it). ``MIGTREE-FLEET-BOOT`` is printed once at
-boot, when the workers start. pvpanic's driver is loaded (it reads the
-device's capability register at probe) but not used: its one use is to
-report a guest panic.
+boot, when the workers start, with the pvpanic capability register's value.
 
 By hand::
 
@@ -58,9 +61,9 @@ FLEET_MODULES = [
     "pvpanic_mmio",
 ]
 
-#: what a round names when every device of the fleet device set worked (not
-#: ``cd``: the empty CD-ROM's probe does not register yet)
-FLEET_DEVICES = ("vda", "sda", "eth0", "eth1", "eth2", "hvc", "rng", "usb", "gpu")
+#: what a round names when every device of the fleet device set worked
+FLEET_DEVICES = ("vda", "sda", "eth0", "eth1", "eth2", "hvc", "rng", "usb", "gpu", "cd",
+                 "pvpanic")
 
 # Everything it does stays inside QEMU: pings go to QEMU's user-mode network
 # stack (started with restrict=on), console bytes to a chardev file.
@@ -77,7 +80,7 @@ waitfor() {
   while [ ! -e "$1" ] && [ $n -lt 150 ]; do n=$((n+1)); sleep 0.2; done
   [ -e "$1" ] || echo "MIGTREE-FLEET-INIT no $1"
 }
-for d in /dev/vda /dev/sda /dev/hvc0 /dev/hwrng /dev/fb0; do waitfor $d; done
+for d in /dev/vda /dev/sda /dev/hvc0 /dev/hwrng /dev/fb0 /dev/sr0; do waitfor $d; done
 # every NIC the PCI bus has (class 0x0200xx) as an ethN
 nics=$(grep -l '^0x0200' /sys/bus/pci/devices/*/class | wc -l)
 n=0
@@ -138,9 +141,27 @@ fb() {
   done
 }
 cdrom() {
+  i=0
   while true; do
-    dd if=/dev/sr0 of=/dev/null bs=2048 count=1 2>&1 | grep -q "No medium" && ok cd
+    i=$((i+1)); k=$((i % 512))
+    blockdev --flushbufs /dev/sr0 2>/dev/null
+    dd if=/dev/sr0 bs=2048 count=1 skip=$k 2>/dev/null | head -c 16 | grep -q "^MIGTREE-CD $k " \
+      && ok cd
     sleep 0.5
+  done
+}
+# pvpanic's capability register: bit 0 panicked, bit 1 crash-loaded (QEMU >= 5.0)
+pvcaps() {
+  dd if=/dev/port bs=1 skip=$((0x505)) count=1 2>/dev/null | od -An -tu1 | tr -d ' '
+}
+pvpanic() {
+  while true; do
+    c=$(pvcaps)
+    if [ -n "$c" ] && [ $((c & 2)) -ne 0 ]; then
+      printf '\002' | dd of=/dev/port bs=1 seek=$((0x505)) count=1 conv=notrunc 2>/dev/null \
+        && ok pvpanic
+    fi
+    sleep 1
   done
 }
 # the interrupts a virtio device (virtioN) has had: its MSI-X vectors or its line
@@ -150,7 +171,7 @@ irqs() {
 }
 
 sr=$(ls /dev/sr0 2>/dev/null)
-echo "MIGTREE-FLEET-BOOT nics:$NICS tablet:$tablet gpu:$gpu rng:$rngdev cd:$sr"
+echo "MIGTREE-FLEET-BOOT nics:$NICS tablet:$tablet gpu:$gpu rng:$rngdev cd:$sr pvpanic:$(pvcaps)"
 if [ -n "$tablet" ]; then cat $tablet > /tmp/tablet.raw & fi
 disk vda &
 disk sda &
@@ -159,12 +180,13 @@ hvc &
 rng &
 fb &
 [ -e /dev/sr0 ] && cdrom &
+pvpanic &
 r=0
 while true; do
   sleep 2
   r=$((r+1))
   line="MIGTREE-FLEET $r"
-  for d in vda sda $NICS hvc rng; do
+  for d in vda sda $NICS hvc rng cd pvpanic; do
     c=$(cat /tmp/ok.$d 2>/dev/null || echo 0)
     eval p=\${prev_$d:-0}
     [ "$c" != "$p" ] && line="$line $d"
@@ -177,9 +199,6 @@ while true; do
   [ -n "$gpu" ] && c=$(irqs $gpu)
   [ "$c" != "${prev_gpu:-0}" ] && line="$line gpu"
   prev_gpu=$c
-  c=$(cat /tmp/ok.cd 2>/dev/null || echo 0)
-  [ "$c" != "${prev_cd:-0}" ] && line="$line cd"
-  prev_cd=$c
   echo "$line mem=$(awk '/^MemTotal/ { print int($2 / 1024) }' /proc/meminfo)"
 done
 """

@@ -61,6 +61,10 @@ class StreamConfig:
     #: "fleet": the machine type's default devices plus the devices a fleet
     #: runs (:func:`fleet_args`)
     devices: str | None = None
+    #: a guest's reboot ends QEMU (``-no-reboot``), so that a panic shows;
+    #: off where QMP ``system_reset`` must reboot and QMP ``set-action``
+    #: (QEMU >= 6.0) cannot say so
+    no_reboot: bool = True
 
     @property
     def name(self) -> str:
@@ -105,7 +109,8 @@ class StreamConfig:
         if self.guest:
             kernel, initrd = self.guest
             args += ["-kernel", kernel, "-initrd", initrd,
-                     "-append", "console=ttyS0 panic=-1", "-no-reboot",
+                     "-append", "console=ttyS0 panic=-1",
+                     *(["-no-reboot"] if self.no_reboot else []),
                      "-serial", f"file:{serial}" if serial else "null"]
         return args + list(self.extra)
 
@@ -125,8 +130,8 @@ MATRIX = [
 
 def fleet_args(machine: str, disk_path: Path) -> list[str]:
     """The devices a fleet runs, on top of the machine type's defaults (no
-    ``-nodefaults``: VGA, IDE/AHCI with an empty CD-ROM (given explicitly),
-    the floppy on pc,
+    ``-nodefaults``: VGA, IDE/AHCI with a CD-ROM (given explicitly, with a
+    medium the guest reads, :func:`make_cd_medium`), the floppy on pc,
     PS/2, RTC, HPET, PIT, PIC, IOAPIC, fw_cfg, ICH9 LPC/SMBus on q35). The
     default NIC is given explicitly (its model, e1000 on pc and e1000e on
     q35, on a user-mode network restricted to the guest), so no traffic
@@ -134,6 +139,7 @@ def fleet_args(machine: str, disk_path: Path) -> list[str]:
     q35 = "q35" in machine
     scsi = make_disk(disk_path.with_name(disk_path.stem + "-scsi.qcow2"))
     console = disk_path.with_name(disk_path.stem + "-console.log")
+    medium = make_cd_medium(disk_path.with_name(disk_path.stem + "-cd.raw"))
     return [
         "-nic", f"user,restrict=on,model={'e1000e' if q35 else 'e1000'}",
         "-device", "qemu-xhci,id=xhci", "-device", "usb-tablet,bus=xhci.0",
@@ -149,10 +155,24 @@ def fleet_args(machine: str, disk_path: Path) -> list[str]:
         "-chardev", f"file,id=con0,path={console}", "-device", "virtconsole,chardev=con0",
         "-device", "virtio-gpu-pci",
         "-device", "pvpanic",
-        # an empty CD-ROM on the machine's own IDE/AHCI controller: the scsi-hd
-        # drive above turns QEMU's default one off
-        "-drive", "if=ide,media=cdrom,id=cdrom0",
+        # a CD-ROM on the machine's own IDE/AHCI controller: the scsi-hd drive
+        # above turns QEMU's default (empty) one off
+        "-drive", f"if=ide,media=cdrom,id=cdrom0,format=raw,readonly=on,file={medium}",
     ]
+
+
+#: a CD-ROM sector
+CD_SECTOR = 2048
+
+
+def make_cd_medium(path: Path, sectors: int = 512) -> Path:
+    """A CD-ROM medium whose sector *k* starts with ``MIGTREE-CD k `` (the
+    fleet guest checks the sector it read is the one it asked for)."""
+    if not path.exists():
+        data = b"".join(f"MIGTREE-CD {k} ".encode().ljust(CD_SECTOR, b".")
+                        for k in range(sectors))
+        path.write_bytes(data)
+    return path
 
 
 def make_disk(path: Path, size: str = "16M") -> Path:

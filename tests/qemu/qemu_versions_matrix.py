@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import fleet_guest
 import qemu_streams
 from qemu_streams import QemuVM, StreamConfig, load_stream, make_stream, qemu_build, wait_serial
 
@@ -288,20 +289,27 @@ def run_fleet(root: Path) -> list[Cell]:
 # -- the fleet guest on the fleet device set ------------------------------------------------
 
 #: (producing QEMU, machine type, loading QEMU, loading machine type or None for
-#: :func:`loading_machine`'s): cells of the fleet matrix migtree converts, run
-#: with the fleet guest (tests/qemu/fleet_guest.py) using every device
-LINUX_FLEET = (
-    ("5.2", "pc-i440fx-5.2", "7.2", None),
-    ("5.2", "pc-i440fx-5.2", "10.0", None),
-    ("7.2", "pc-q35-7.2", "10.0", None),
-    ("10.0", "pc-q35-7.2", "7.2", None),
-    ("10.0", "pc-i440fx-10.0", "10.0", None),
-    ("7.2", "pc-i440fx-7.2", "10.0", "pc-i440fx-10.0"),
-)
+#: :func:`loading_machine`'s): every cell of the fleet matrix, run with the
+#: fleet guest (tests/qemu/fleet_guest.py) using every device. Where migtree
+#: converts, the guest must keep every device working; where it refuses, the
+#: refusal is made from the Linux guest's own state (its driver's use of what
+#: the target cannot present). The same-version cells are QEMU's own
+#: migrations, the control.
+LINUX_FLEET = (*((v, m, loader, None) for v, m in FLEET_SOURCES for loader in LOADERS),
+               *FLEET_UPGRADES)
+#: (producing QEMU, machine type) whose guest does not come back from a QMP
+#: ``system_reset`` even when it never migrated: QEMU 5.2's SeaBIOS (1.14,
+#: Debian 11) stops in the firmware when it reboots a pc-q35-5.2 machine under
+#: TCG. The firmware is guest memory (``pc.bios``): it travels with the
+#: stream and hangs the same way on 7.2 and 10.0 (7.2's own reboots that
+#: machine type). Pinned by test_qemu_versions'
+#: ``test_qemu_5_2_q35_firmware_hangs_on_system_reset_without_migrating``;
+#: these cells check every device after loading, not after a reset.
+RESET_HANGS_UNMIGRATED = frozenset({("5.2", "pc-q35-5.2")})
 #: what a round of the fleet guest names when every device worked (its NICs:
 #: the default NIC, e1000e, virtio-net); "balloon" is the host's: the
 #: balloon reached the size QMP ``balloon`` asked for
-FLEET_GUEST_DEVICES = ("vda", "sda", "eth0", "eth1", "eth2", "hvc", "rng", "usb", "gpu")
+FLEET_GUEST_DEVICES = fleet_guest.FLEET_DEVICES
 #: what a Linux guest prints when a device broke under it (and a hung task's words)
 FLEET_KERNEL_ERRORS = ("I/O error", "Oops", "BUG:", "Call Trace", "timed out", "Kernel panic",
                        "hung task", "blocked for more than", "Hardware Unit Hang")
@@ -397,6 +405,18 @@ def _console_confirms(devices: frozenset[str], disk: Path, had: int) -> frozense
     return devices if _console_lines(disk) > had else devices - {"hvc"}
 
 
+def _crashloaded(vm: Any) -> int:
+    """The pvpanic crash-loaded events QEMU has reported over QMP so far."""
+    vm.qmp.execute("query-status")  # reads the events that arrived meanwhile
+    return sum(1 for e in vm.qmp.events if e.get("event") == "GUEST_CRASHLOADED")
+
+
+def _pvpanic_confirms(devices: frozenset[str], vm: Any, had: int) -> frozenset[str]:
+    """*devices*, without ``pvpanic`` unless QEMU reported more than the *had*
+    crash-loaded events it had: the guest's writes reached the device."""
+    return devices if _crashloaded(vm) > had else devices - {"pvpanic"}
+
+
 def _worked(devices: frozenset[str], balloon: bool) -> tuple[str, ...]:
     names = [d for d in FLEET_GUEST_DEVICES if d in devices]
     return tuple(names + (["balloon"] if balloon else []))
@@ -420,7 +440,8 @@ def make_fleet_stream(cfg: StreamConfig, root: Path) -> tuple[Path, tuple[str, .
                 build=qemu_streams._build_of(cfg.qemu)) as vm:
         _, devices = wait_fleet(vm, serial)
         text, more, balloon, _ = balloon_step(vm, serial, FLEET_BALLOON[0])
-        worked = _worked(_console_confirms(devices & more, out, 0), balloon)
+        worked = _worked(_pvpanic_confirms(_console_confirms(devices & more, out, 0), vm, 0),
+                         balloon)
         problem = _fleet_problem(text, worked)
         qompaths.save(qompaths.walk(vm.qmp), out.with_suffix(".qom.json"))
         vm.migrate_to_file(tmp)
@@ -488,9 +509,13 @@ def run_linux_fleet_cell(version: str, machine: str, loader: str, root: Path,
     disk.write_bytes(stream.with_suffix(".qcow2").read_bytes())
     disk.with_name(disk.stem + "-scsi.qcow2").write_bytes(
         stream.with_name(stream.stem + "-scsi.qcow2").read_bytes())
+    # QEMU < 6.0 has no QMP set-action: its -no-reboot would turn the
+    # system_reset below into a shutdown, so it runs without (a guest panic
+    # then shows as a reboot, which is checked for too)
+    set_action = tuple(map(int, loader.split("."))) >= (6, 0)
     dst_cfg = StreamConfig(machine=target_machine, accel="tcg", smp=1, running=True,
                            qemu=loader, memory=FLEET_MEMORY, guest=guest, devices="fleet",
-                           extra=tuple(launch))
+                           extra=tuple(launch), no_reboot=set_action)
     if launch:
         changes.append("launch: " + " ".join(launch[1::2]))
     try:
@@ -503,22 +528,32 @@ def run_linux_fleet_cell(version: str, machine: str, loader: str, root: Path,
         vm.qmp.wait_until("query-status", lambda r: r.get("status") == "running", timeout=30)
         _, devices = wait_fleet(vm, vm.serial)
         text, more, balloon, memtotal = balloon_step(vm, vm.serial, FLEET_BALLOON[1])
-        after = _worked(_console_confirms(devices & more, disk, 0), balloon)
+        after = _worked(_pvpanic_confirms(_console_confirms(devices & more, disk, 0), vm, 0),
+                        balloon)
         hvc_lines = _console_lines(disk)
+        crashloaded = _crashloaded(vm)
         mem.append(memtotal)
         problems = [_fleet_problem(text, after)]
         if "MIGTREE-FLEET-BOOT" in text:
             problems.append("the guest rebooted")
+        if (version, machine) in RESET_HANGS_UNMIGRATED:
+            problem = "; ".join(p for p in problems if p)
+            return FleetCell(*key, Outcome("guest failed", problem) if problem else Outcome(
+                "accepted", f"every device goes on; system_reset not checked: QEMU {version}'s "
+                            f"firmware hangs on it on {machine} without migrating too"),
+                changes, before, after, (), tuple(mem))
         # a reset on the loading side: the guest boots afresh on the loaded devices
         # (the command line's -no-reboot would make it a shutdown)
-        vm.qmp.execute("set-action", reboot="reset")
+        if set_action:
+            vm.qmp.execute("set-action", reboot="reset")
         vm.qmp.execute("system_reset")
         wait_serial(vm, vm.serial, "MIGTREE-FLEET-BOOT", timeout=240)
         _, devices = wait_fleet(vm, vm.serial, after="MIGTREE-FLEET-BOOT")
         # the balloon kept its target through the reset (the new guest's driver
         # inflated to it); inflated further, the new guest gives the pages
         text, more, balloon, memtotal = balloon_step(vm, vm.serial, FLEET_BALLOON[2])
-        after_reset = _worked(_console_confirms(devices & more, disk, hvc_lines), balloon)
+        after_reset = _worked(_pvpanic_confirms(
+            _console_confirms(devices & more, disk, hvc_lines), vm, crashloaded), balloon)
         booted = text.rsplit("MIGTREE-FLEET-BOOT", 1)[1]
         mem.append(memtotal)
         reset_problem = _fleet_problem(booted, after_reset)
@@ -546,13 +581,22 @@ def run_linux_fleet(root: Path, guest: tuple[str, str]) -> list[FleetCell]:
             for v, m, loader, t in LINUX_FLEET]
 
 
+#: a register's or field's value in a reason: the running guest's, so it
+#: differs from run to run (the e1000e's clock); the table shows the name
+_RUN_VALUE = re.compile(r"=(?:0x[0-9a-fA-F]+|-?\d+)")
+
+
+def _stable(text: str) -> str:
+    return _RUN_VALUE.sub("=...", text)
+
+
 def fleet_markdown(cells: list[FleetCell]) -> str:
     rows = ["| stream (QEMU, machine type), fleet guest | loaded by | migtree convert --target "
             "(machine type) | working before (balloon inflated) | after loading (balloon "
             "deflated) | after system_reset | what migtree changed |",
             "| --- | --- | --- | --- | --- | --- | --- |"]
     for c in cells:
-        rows.append(f"| {c.source[0]} {c.source[1]} | {c.loader} | {c.converted.short()} "
+        rows.append(f"| {c.source[0]} {c.source[1]} | {c.loader} | {_stable(c.converted.short())} "
                     f"({c.machine}) | {' '.join(c.before) or '-'} | "
                     f"{' '.join(c.after) or '-'} | {' '.join(c.after_reset) or '-'} | "
                     f"{describe_changes(c.changes)} |")
