@@ -615,6 +615,9 @@ class Control:
         self.qmp: QMPClient | None = None
         if path:
             kind, where = parse_address(path) if ":" in path else ("unix", path)
+            if kind != "unix":
+                raise QemuRelayError(f"control socket {path}: only a unix socket (a QMP "
+                                     "socket of a QEMU on this host) is supported")
             self.qmp = QMPClient.connect(where, timeout=10)
 
     def close(self) -> None:
