@@ -137,8 +137,10 @@ def test_same_version_relay_is_byte_transparent(tmp_path, guest_artifacts):
 #    never runs a half-loaded one, the relay names what and where ------------
 
 def _failure_setup(tmp_path: Path, dump: Path | None = None, memory: int = 64,
-                   filled: bool = False):
+                   filled: bool = False, dst_disk: bool = True):
     cfg = _config("7.2", "pc-i440fx-7.2", memory=memory)
+    dst_cfg = cfg if dst_disk else StreamConfig(machine=cfg.machine, running=True,
+                                                memory=memory, disk=False)
     qemu_build(None)
     socks = qr.short_dir()
     disk = make_disk(tmp_path / "disk.qcow2")
@@ -147,7 +149,7 @@ def _failure_setup(tmp_path: Path, dump: Path | None = None, memory: int = 64,
     dst_ram = qr.filled_ram_args(memory, tmp_path, False) if filled else []
     src = qr.qemu_vm(cfg, cfg.args(disk) + src_ram + qr.control_args(socks / "src-qmp.sock"),
                      tmp_path, "src").start()
-    dst = qr.qemu_vm(cfg, qr.destination_args(cfg, disk, None, f"unix:{socks}/dst.sock")
+    dst = qr.qemu_vm(cfg, qr.destination_args(dst_cfg, disk, None, f"unix:{socks}/dst.sock")
                      + dst_ram + qr.control_args(socks / "dst-qmp.sock"),
                      tmp_path, "dst").start()
     wait_guest_ran(src)
@@ -261,5 +263,26 @@ def test_the_source_dying_mid_stream_leaves_the_destination_unstarted(tmp_path):
         time.sleep(0)  # nothing else to wait for
     finally:
         src.qmp = None  # killed: nothing to say 'quit' to
+        src.stop()
+        dst.stop()
+
+
+def test_a_destination_that_cannot_load_the_stream_gets_the_source_resumed(tmp_path):
+    """The destination lacks the virtio-blk disk the source has: the
+    conversion passes (the dump describes device classes, not the devices
+    a command line makes), everything is sent, and the destination QEMU
+    refuses the stream and quits. The relay, watching it, says so and
+    resumes the source."""
+    src, dst, proc, err, uri = _failure_setup(tmp_path, dst_disk=False)
+    try:
+        src.qmp.execute("migrate", uri=uri)
+        qr.wait_migration_end(src)
+        assert proc.wait(timeout=120) == 1
+        text = err.read_text()
+        assert "the destination did not start" in text, text
+        assert "resumed" in text or "still running" in text, text
+        _source_runs(src)
+        _destination_never_ran(dst)
+    finally:
         src.stop()
         dst.stop()
