@@ -73,6 +73,8 @@ _KNOWN_RAM_KINDS = qevm.RAM_ZERO | qevm.RAM_PAGE | qevm.RAM_EOS | qevm.RAM_MEM_S
 #: byte -> its low nibble (the flag bits 8-11 of a RAM record header's
 #: second-to-last byte; the high nibble is address)
 _LOW_NIBBLE = bytes(b & 0x0F for b in range(256))
+#: the first word of a multifd channel (migration/multifd.c)
+MULTIFD_MAGIC = 0x11223344
 #: the most bytes of device state (after RAM) buffered before refusing
 MAX_DEVICE_STATE = 256 << 20
 RECV_SIZE = 1 << 20
@@ -243,6 +245,9 @@ class Relay:
         res = self.result
         header = src.take(8, "the QEVM header")
         magic, version = struct.unpack(">II", header)
+        if magic == MULTIFD_MAGIC:
+            raise QemuRelayError("the source opened a multifd channel: multifd (capability "
+                                 "multifd) is not relayed", offset=0)
         if magic != qevm.QEVM_MAGIC or version != qevm.QEVM_VERSION:
             raise QemuRelayError(f"not a QEVM version 3 stream: magic 0x{magic:08x}, "
                                  f"version {version}", offset=0)
