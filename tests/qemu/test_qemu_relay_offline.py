@@ -30,8 +30,10 @@ def _relay(stream: bytes, dump, chunks: list[int] | None = None) -> tuple[bytes,
     src = io.BytesIO(stream)
     sizes = iter(chunks or [])
 
-    def recv(n: int) -> bytes:
-        return src.read(min(n, next(sizes, n)))
+    def recv(view: memoryview) -> int:
+        data = src.read(min(len(view), next(sizes, len(view))))
+        view[:len(data)] = data
+        return len(data)
 
     out = io.BytesIO()
     relay.run(recv, out.write)

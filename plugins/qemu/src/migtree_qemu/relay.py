@@ -77,7 +77,8 @@ _LOW_NIBBLE = bytes(b & 0x0F for b in range(256))
 MULTIFD_MAGIC = 0x11223344
 #: the most bytes of device state (after RAM) buffered before refusing
 MAX_DEVICE_STATE = 256 << 20
-RECV_SIZE = 1 << 20
+#: the receive buffer's size (it grows only for the device state)
+BUFFER_SIZE = 2 << 20
 
 
 class QemuRelayError(QemuStreamError):
@@ -134,22 +135,27 @@ class RelayResult:
 
 
 class _Source:
-    """The incoming bytes: a receive buffer, a parse position and how far
-    the bytes have been forwarded.  Forwarded bytes are dropped from the
-    buffer, so it holds at most a receive chunk and one RAM record."""
+    """The incoming bytes: a receive buffer of fixed size that the socket
+    reads straight into (no copy in between), a parse position and how far
+    the bytes have been forwarded.  Forwarded bytes are dropped by moving
+    what is left (less than a RAM record) to the front, so the buffer holds
+    at most its size; it grows only for the device state, which must be
+    whole before it can be converted."""
 
-    def __init__(self, recv: Callable[[int], bytes], forward: Callable[[Any], None],
-                 tee: Any = None, poll: Callable[[], None] | None = None) -> None:
-        self.recv = recv
+    def __init__(self, recv_into: Callable[[memoryview], int],
+                 forward: Callable[[Any], None], tee: Any = None,
+                 poll: Callable[[], None] | None = None) -> None:
+        self.recv_into = recv_into
         self.forward_fn = forward
         self.tee = tee
         self.poll = poll
-        self.buf = bytearray()
+        self.buf = bytearray(BUFFER_SIZE)
+        self.end = 0  # buf[:end] holds received bytes
         self.pos = 0  # parse position in buf
         self.sent = 0  # buf[:sent] is forwarded (or deliberately held)
         self.base = 0  # stream offset of buf[0]
         self.eof = False
-        self.peak = 0
+        self.peak = len(self.buf)
         self.where: dict[str, Any] = {}
 
     @property
@@ -160,19 +166,31 @@ class _Source:
         """Receive at least one more byte, or raise naming *what* was cut."""
         if self.poll is not None:
             self.poll()
-        data = self.recv(RECV_SIZE)
-        if not data:
+        if len(self.buf) - self.end < BUFFER_SIZE // 8:
+            if self.sent:  # move the unsent rest to the front
+                keep = self.end - self.sent
+                self.buf[:keep] = self.buf[self.sent:self.end]
+                self.base += self.sent
+                self.pos -= self.sent
+                self.end, self.sent = keep, 0
+            if len(self.buf) - self.end < BUFFER_SIZE // 8:
+                self.buf.extend(bytes(len(self.buf)))
+                self.peak = max(self.peak, len(self.buf))
+        view = memoryview(self.buf)[self.end:]
+        try:
+            n = self.recv_into(view)
+        finally:
+            view.release()
+        if not n:
             self.eof = True
             raise QemuRelayError(f"the source closed the stream in the middle of {what}",
-                                 offset=self.base + len(self.buf), **self.where)
+                                 offset=self.base + self.end, **self.where)
         if self.tee is not None:
-            self.tee.write(data)
-        self.buf += data
-        if len(self.buf) > self.peak:
-            self.peak = len(self.buf)
+            self.tee.write(self.buf[self.end:self.end + n])
+        self.end += n
 
     def need(self, n: int, what: str) -> None:
-        while len(self.buf) - self.pos < n:
+        while self.end - self.pos < n:
             self.more(what)
 
     def take(self, n: int, what: str) -> bytes:
@@ -188,18 +206,20 @@ class _Source:
         """Send what was parsed since the last call; return its length."""
         n = self.pos - self.sent
         if n:
-            self.forward_fn(memoryview(self.buf)[self.sent:self.pos])
+            view = memoryview(self.buf)[self.sent:self.pos]
+            try:
+                self.forward_fn(view)
+            finally:
+                view.release()
         self.skip()
         return n
 
     def skip(self) -> None:
         """Drop what was parsed without sending it."""
         self.sent = self.pos
-        if self.sent >= RECV_SIZE or self.sent == len(self.buf):
-            del self.buf[:self.sent]
+        if self.sent == self.end:
             self.base += self.sent
-            self.pos -= self.sent
-            self.sent = 0
+            self.pos = self.end = self.sent = 0
 
     def parsed_since(self, start: int) -> bytes:
         """The bytes from stream offset *start* to the parse position (not
@@ -223,7 +243,7 @@ class Relay:
         self.result = RelayResult()
 
     # -- the stream ---------------------------------------------------------
-    def run(self, recv: Callable[[int], bytes], send: Callable[[Any], None],
+    def run(self, recv: Callable[[memoryview], int], send: Callable[[Any], None],
             poll: Callable[[], None] | None = None) -> RelayResult:
         res = self.result
         res.t_start = time.monotonic()
@@ -345,17 +365,17 @@ class Relay:
         src.where = {"section": "device state"}
         try:
             while not self._complete(src):
-                if len(src.buf) - src.sent > MAX_DEVICE_STATE:
+                if src.end - src.sent > MAX_DEVICE_STATE:
                     raise QemuRelayError(f"more than {MAX_DEVICE_STATE} bytes of device "
                                          "state after RAM", offset=tail_start)
-                src.pos = len(src.buf)
+                src.pos = src.end
                 src.more("the device state")
         except QemuRelayError:
             if not src.eof:
                 raise
         self.result.t_source_done = time.monotonic()
-        tail = bytes(src.buf[src.sent:])
-        res.bytes_in = src.base + len(src.buf)
+        tail = bytes(src.buf[src.sent:src.end])
+        res.bytes_in = src.base + src.end
         res.device_bytes_in = len(tail)
         skeleton += tail
         out_tail = self._convert_device_state(bytes(skeleton), bytes(sent_prefix), tail_start)
@@ -369,11 +389,9 @@ class Relay:
         sends nothing after it in pre-copy). Not waiting for the source to
         close its socket saves that time from the guest's pause; a stream
         without a vmdesc is complete when the source closes."""
-        buf = src.buf
-        if len(buf) <= src.sent or buf[-1] != 0x7D:  # '}' ends the JSON
+        if src.end <= src.sent or src.buf[src.end - 1] != 0x7D:  # '}' ends the JSON
             return False
-        found = qevm.find_vmdesc(buf)
-        return found is not None and found[0] > src.sent
+        return qevm.find_vmdesc(bytes(src.buf[src.sent:src.end])) is not None
 
     def _skip_configuration(self, src: _Source) -> None:
         """Walk the configuration section (its layout is fixed: length,
@@ -422,7 +440,7 @@ class Relay:
             while True:
                 buf = src.buf
                 pos = src.pos
-                end = len(buf)
+                end = src.end
                 done = False
                 while pos + 8 <= end:
                     word = unpack(buf, pos)[0]
@@ -519,7 +537,7 @@ class Relay:
     def _convert_configuration(self, header: bytes, config: bytes) -> bytes:
         out = qevm.dumps(self._convert(header + config + bytes([qevm.EOF]), "configuration"))
         walk = _Source(_no_more, _no_more)
-        walk.buf += out
+        walk.buf, walk.end = bytearray(out), len(out)
         walk.take(8, "the header")
         if not out.startswith(header) or out[8] != qevm.CONFIGURATION:
             raise QemuRelayError("the converted configuration stream does not start with "
@@ -702,7 +720,7 @@ def relay(source: str, destination: str, target: Any, convert: Any, *,
             send = dst.sendall
         if source == "-":
             stdin = sys.stdin.buffer
-            recv: Callable[[int], bytes] = lambda n: stdin.read1(n)  # noqa: E731
+            recv: Callable[[memoryview], int] = stdin.readinto1
             poll = None
         else:
             assert listener is not None
@@ -710,7 +728,7 @@ def relay(source: str, destination: str, target: Any, convert: Any, *,
                 f"on the source, migrate {source}")
             conn, _ = listener.accept()
             listener.setblocking(False)
-            recv = conn.recv
+            recv = conn.recv_into
 
             def poll() -> None:
                 # multifd opens more channels to the same address
@@ -760,5 +778,5 @@ def _is_filter_error(e: BaseException) -> bool:
     return isinstance(e, FilterError)
 
 
-def _no_more(*_args: Any) -> bytes:
-    return b""
+def _no_more(*_args: Any) -> int:
+    return 0
