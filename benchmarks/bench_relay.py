@@ -93,8 +93,14 @@ def main(argv: list[str]) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-relay-") as tmp:
         for mib in (int(s) for s in args.sizes.split(",")):
             native = None
-            for name, version, relay in rows:
-                runs = [one(Path(tmp), version, mib, relay) for _ in range(args.repeat)]
+            # rows interleaved, so that a change in the machine's load (it is
+            # shared) falls on all of them alike
+            measured: dict[str, list[qr.Migration]] = {name: [] for name, _, _ in rows}
+            for _ in range(args.repeat):
+                for name, version, relay in rows:
+                    measured[name].append(one(Path(tmp), version, mib, relay))
+            for name, _version, _relay in rows:
+                runs = measured[name]
                 down = statistics.median(r.downtime_ms for r in runs)
                 thr = statistics.median(r.throughput for r in runs)
                 if native is None:
