@@ -299,3 +299,53 @@ def test_a_destination_that_cannot_load_the_stream_gets_the_source_resumed(tmp_p
     finally:
         src.stop()
         dst.stop()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("transport", ["tcp", "exec"])
+def test_tcp_and_exec_sources_and_destinations(tmp_path, transport):
+    """The relay over TCP on both sides, and as the command of the source's
+    exec: migration (stdin) writing to the destination's unix socket."""
+    cfg = _config("7.2", "pc-i440fx-7.2")
+    qemu_build(None)
+    socks = qr.short_dir()
+    disk = make_disk(tmp_path / "disk.qcow2")
+    dump = _dump(cfg, tmp_path)
+    dst_addr = (f"tcp:127.0.0.1:{_free_port()}" if transport == "tcp"
+                else f"unix:{socks}/dst.sock")
+    src = qr.qemu_vm(cfg, cfg.args(disk), tmp_path, "src").start()
+    dst = qr.qemu_vm(cfg, qr.destination_args(cfg, disk, None, dst_addr), tmp_path,
+                     "dst").start()
+    proc = None
+    try:
+        wait_guest_ran(src)
+        if transport == "tcp":
+            listen = f"tcp:127.0.0.1:{_free_port()}"
+            proc, out, err = qr.start_relay(listen, dst_addr, dump, tmp_path)
+            uri = listen
+        else:
+            out = tmp_path / "relay.out"
+            uri = ("exec:" + " ".join([*qr.MIGTREE, "relay", "--listen", "-", "--to", dst_addr,
+                                       "--target", str(dump), "--json"])
+                   + f" > {out} 2> {tmp_path / 'relay.err'}")
+        src.qmp.execute("migrate", uri=uri)
+        info = qr.wait_migration_end(src)
+        assert info["status"] == "completed", info
+        if proc is not None:
+            assert proc.wait(timeout=60) == 0
+        qr.wait_running(dst, timeout=60)
+        deadline = time.monotonic() + 30
+        while not out.read_text().strip() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        result = json.loads(out.read_text())
+        assert result["bytes_in"] == result["bytes_out"] > 0
+    finally:
+        src.stop()
+        dst.stop()
