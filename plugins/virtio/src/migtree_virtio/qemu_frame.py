@@ -520,6 +520,11 @@ def _sub_broken(r, pci, dev, nq):
     dev.broken = r.flag("broken")
 
 
+#: one queue of virtio_pci/modern_state: num (u16), an unused byte, enabled
+#: (bool), then desc, avail and used as two u32 halves each (low first)
+_MODERN_QUEUE = struct.Struct(">HBB6I")
+
+
 def _sub_extra_state(r, pci, dev, nq):
     extra = QemuVirtioPciExtra()
     at = r.pos
@@ -535,15 +540,22 @@ def _sub_extra_state(r, pci, dev, nq):
         ms = QemuModernState(dfselect=r.be(4, "dfselect"), gfselect=r.be(4, "gfselect"),
                              guest_features=[r.be(4, "guest_features[0]"),
                                              r.be(4, "guest_features[1]")])
+        # 1024 records of 28 bytes, unpacked in one go: this runs while a
+        # live migration's guest is paused (migtree relay)
+        start = r.pos
+        table = r.take(_MODERN_QUEUE.size * VIRTIO_QUEUE_MAX, "vqs")
         vqs = []
-        for i in range(VIRTIO_QUEUE_MAX):
-            num = r.be(2, f"vqs[{i}].num")
-            r.zeros(1, f"vqs[{i}] unused byte")
-            enabled = r.flag(f"vqs[{i}].enabled")
-            halves = [r.be(4, f"vqs[{i}] ring address") for _ in range(6)]
-            vqs.append(QemuModernQueue(num, enabled, halves[0] | halves[1] << 32,
-                                       halves[2] | halves[3] << 32,
-                                       halves[4] | halves[5] << 32))
+        for i, (num, unused, enabled, d_lo, d_hi, a_lo, a_hi, u_lo, u_hi) in enumerate(
+                _MODERN_QUEUE.iter_unpack(table)):
+            at = start + i * _MODERN_QUEUE.size
+            if unused:
+                raise r.error(f"vqs[{i}] unused byte is not zero (QEMU always writes zeros "
+                              "there)", at + 2)
+            if enabled > 1:
+                raise r.error(f"vqs[{i}].enabled is {enabled}; QEMU writes a bool as 0 or 1",
+                              at + 3)
+            vqs.append(QemuModernQueue(num, bool(enabled), d_lo | d_hi << 32,
+                                       a_lo | a_hi << 32, u_lo | u_hi << 32))
         ms.vqs = trim(vqs, QemuModernQueue(), nq)
         extra.modern_state = ms
     pci.extra_state = extra
