@@ -59,6 +59,30 @@ def add_output_args(p: argparse.ArgumentParser) -> None:
                    help="never show a progress bar (it only shows on a terminal anyway)")
 
 
+def accept_one(args: Any, name: str, peer: str) -> Any:
+    """Listen on ``args.listen`` (writing ``args.ready_file`` once
+    listening) and accept one connection from the ``peer`` side; the
+    channel carries ``refused_peers``."""
+    from pathlib import Path
+
+    from ..transport import Address, Listener
+
+    listener = Listener(Address.parse(args.listen), tls=tls_config(args),
+                        allow_plaintext=args.allow_plaintext)
+    try:
+        note(f"{name}: listening on {listener.address}")
+        if args.ready_file:
+            tmp = Path(args.ready_file + ".tmp")
+            tmp.write_text(f"{listener.address}\n")
+            tmp.replace(args.ready_file)
+        chan = listener.accept(timeout=args.timeout)
+    finally:
+        listener.close()
+    chan.refused_peers = listener.refused
+    note(f"{name}: {peer} connected from {chan.peer}")
+    return chan
+
+
 def tls_config(args: Any) -> Any:
     from ..transport import TlsConfig
 
