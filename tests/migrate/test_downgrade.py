@@ -157,13 +157,16 @@ def _use_registry(monkeypatch: pytest.MonkeyPatch, reg: Any) -> None:
     monkeypatch.setattr(P, "_registry", reg)
 
 
-@pytest.mark.parametrize("target_kind", ["dump", "build"])
+@pytest.mark.parametrize("target_kind", ["dump", "pinned-build"])
 def test_convert_target_filters_a_stream_down_offline(short_tmp: Path, monkeypatch,
                                                       capsys, target_kind: str) -> None:
-    """On the new host: ``convert NEW.mt --target OLD -o OLD.mt``; on the old
-    host, ``restore`` loads it with no filter of its own."""
+    """On the new host: ``convert NEW.mt --target OLD -o OLD.mt``, OLD being
+    the dump the old host wrote, or a build file here that pins the type to
+    the old version (a build file is read with the plugins installed here);
+    on the old host, ``restore`` loads it with no filter of its own."""
     from migtree import cli, stream
     from migtree.commands.schema import describe, describe_build
+    from migtree.migration import dump_toml
 
     old_reg, new_reg = V.release(1), V.release(2)
     src = build_of(short_tmp, "new", 2)
@@ -178,7 +181,8 @@ def test_convert_target_filters_a_stream_down_offline(short_tmp: Path, monkeypat
         target.write_text(json.dumps({**describe(old_reg),
                                       **describe_build(str(old_build), old_reg)}))
     else:
-        target = old_build
+        target = short_tmp / "old-pinned.toml"
+        target.write_text(old_build.read_text() + dump_toml({"pins": {"dg-device": 1}}))
     _use_registry(monkeypatch, new_reg)
     rc = cli.main(["convert", str(short_tmp / "new.mt"), "--target", str(target), "-o",
                    str(short_tmp / "old.mt"), "--explain"])

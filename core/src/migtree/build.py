@@ -138,9 +138,9 @@ def load_build(source: Any, registry: Any = None, *, allow_fallback: bool = True
     def fail(key: str, message: str) -> BuildError:
         return BuildError(f"{where}: {key}: {message}")
 
-    unknown = set(config) - {"name", "machine", "device"}
+    unknown = set(config) - {"name", "machine", "device", "pins"}
     if unknown:
-        raise fail(sorted(unknown)[0], "unknown key (expected name, machine, device)")
+        raise fail(sorted(unknown)[0], "unknown key (expected name, machine, device, pins)")
     mcfg = config.get("machine", {})
     if not isinstance(mcfg, dict):
         raise fail("machine", "must be a table")
@@ -173,6 +173,9 @@ def load_build(source: Any, registry: Any = None, *, allow_fallback: bool = True
     root, machine = new_root()
     try:
         _compose(config, mcfg, machine, registry, backend, cpus, base, where, fail)
+        from .pins import apply_pins
+
+        notes.extend(apply_pins(config, root, registry, fail))
         build = Build(name=name, root=root, machine=machine, registry=registry,
                       backend=backend, config=config,
                       source=None if where == "<build>" else where, notes=notes)

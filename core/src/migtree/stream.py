@@ -1180,11 +1180,14 @@ def save(root: Object, fp: IO[bytes] | None = None, *, registry: Any = None,
             walk(child, f"{path}/{name}" if path != "/" else f"/{name}")
 
     walk(root, "/")
+    from .pins import wire_version
+
     schemas: dict[str, Any] = {}
     for obj, _ in order:
-        key = f"{obj.TYPE}@{obj.VERSION}"
+        version = wire_version(obj)  # a pinned object writes its pinned version
+        key = f"{obj.TYPE}@{version}"
         if key not in schemas:
-            schemas[key] = schema_entry(obj.TYPE, obj.VERSION, registry, type(obj))
+            schemas[key] = schema_entry(obj.TYPE, version, registry, type(obj))
     prefix = canonical_path(root)
     w = _Writer(fp)
     w.header(_header(schemas, registry, build_name, None))

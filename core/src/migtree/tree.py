@@ -30,12 +30,14 @@ def is_object_node(value: Any) -> bool:
 
 def object_node(obj: Object, path: str | None = None) -> dict[str, Any]:
     """One object's own node (no children)."""
+    from .pins import to_wire
+
     node: dict[str, Any] = {TYPE_KEY: obj.TYPE, VERSION_KEY: obj.VERSION}
+    where = path if path is not None else canonical_path(obj)
     if obj.STATE is not None:
         obj.pre_save()
-        node.update(state_to_node(obj.STATE, obj.state, obj.VERSION,
-                                  path if path is not None else canonical_path(obj)))
-    return node
+        node.update(state_to_node(obj.STATE, obj.state, obj.VERSION, where))
+    return to_wire(obj, node, where)  # a pinned build writes its pinned version
 
 
 def save_tree(root: Object) -> dict[str, Any]:
@@ -103,6 +105,8 @@ def load_tree(tree: dict[str, Any], root: Object, *, allow_missing: bool = False
     runs. If a ``post_load`` fails, every object gets its old state back (and
     ``post_load`` again, to resync derived state) before the error is raised.
     """
+    from .pins import from_wire, wire_range
+
     report = LoadReport()
     staged: list[tuple[Object, Any]] = []
     errors: list[str] = []
@@ -113,16 +117,18 @@ def load_tree(tree: dict[str, Any], root: Object, *, allow_missing: bool = False
                 report.missing.append(path)
         else:
             ntype, nver = node.get(TYPE_KEY), node.get(VERSION_KEY)
+            lo, hi = wire_range(obj)
             if ntype != obj.TYPE:
                 errors.append(f"{path}: the tree holds {ntype}@{nver} but the build has "
-                              f"{obj.TYPE}@{obj.VERSION} here, and no filter made them meet")
-            elif type(nver) is not int or not obj.MIN_VERSION <= nver <= obj.VERSION:
+                              f"{obj.TYPE}@{hi} here, and no filter made them meet")
+            elif type(nver) is not int or not lo <= nver <= hi:
                 errors.append(f"{path}: {ntype} version {nver!r} is outside the range this "
-                              f"build loads ({obj.MIN_VERSION}..{obj.VERSION})")
+                              f"build loads ({lo}..{hi})")
             else:
                 if obj.STATE is not None:
                     try:
-                        new_state = node_to_state(obj.STATE, node, nver, path)
+                        own = from_wire(obj, node, path)  # a pinned object's version up
+                        new_state = node_to_state(obj.STATE, own, own[VERSION_KEY], path)
                         obj.check_load(new_state)
                         staged.append((obj, new_state))
                     except StateError as e:
