@@ -218,3 +218,95 @@ def test_convert_target_refuses_when_no_chain_and_writes_nothing(short_tmp: Path
     assert rc == 1
     assert "dg-device@2" in err and "nothing written" in err
     assert not (short_tmp / "old.mt").exists()
+
+
+# -- the stash through a build that loads and saves ----------------------------------------------
+
+@pytest.mark.parametrize("irq_mask", [0, 0x3C])
+def test_new_old_new_through_a_loading_old_release_is_exact(short_tmp: Path,
+                                                            irq_mask: int) -> None:
+    """A -> B -> A live, B an older release that really loads the state and
+    saves it again: the stash the way down left rides in B's object and its
+    save, so A gets its own state back exactly."""
+    a = build_of(short_tmp, "new", 2)
+    st = device(a).state
+    st.ctrl, st.count, st.irq_mask = 0xBEEF, 4000, irq_mask
+    before = save_tree(a.root)
+    b = build_of(short_tmp, "old", 1)
+    s, r = migrate(short_tmp, a, b)
+    assert (s.outcome, r.outcome) == ("committed", "committed"), (s.error, r.error)
+    dg = "/machine/peripheral/dg0"
+    if irq_mask:
+        assert r.load["kept"][dg] == {"dg-device-v1-v2": {"irq_mask": irq_mask}}
+    else:
+        assert dg not in r.load["kept"]
+    a2 = build_of(short_tmp, "new2", 2)
+    s, r = migrate(short_tmp, b, a2)
+    assert (s.outcome, r.outcome) == ("committed", "committed"), (s.error, r.error)
+    assert save_tree(a2.root) == before
+
+
+def test_a_stash_is_dropped_when_the_loading_build_changed_the_state(short_tmp: Path,
+                                                                     caplog) -> None:
+    """The rule (docs/filters.md 2.17): the stash is written back only while
+    the device's state is the one it was loaded with; once B's device
+    changed it, the stash may no longer fit, so it is dropped -- said in a
+    warning -- and the way back up takes the defaults."""
+    a = build_of(short_tmp, "new", 2)
+    st = device(a).state
+    st.ctrl, st.count, st.irq_mask = 1, 2, 0x3C
+    b = build_of(short_tmp, "old", 1)
+    assert migrate(short_tmp, a, b)[1].outcome == "committed"
+    device(b).state.counter = 3  # B's device ran
+    a2 = build_of(short_tmp, "new2", 2)
+    with caplog.at_level("WARNING"):
+        s, r = migrate(short_tmp, b, a2)
+    assert r.outcome == "committed", r.error
+    assert "state changed since it was loaded" in caplog.text
+    assert "dg-device-v1-v2.irq_mask" in caplog.text
+    got = device(a2).state
+    assert (got.ctrl, got.count, got.irq_mask) == (1, 3, 0)
+
+
+def test_restore_prints_what_was_stashed_and_what_a_later_save_carries(short_tmp: Path,
+                                                                       monkeypatch,
+                                                                       capsys) -> None:
+    from migtree import cli, stream
+    from migtree.engine import Destination
+
+    new = build_of(short_tmp, "new", 2)
+    st = device(new).state
+    st.count, st.irq_mask = 8, 5
+    old_path = write_build(short_tmp, "old", backend="userspace", cpus=1,
+                           devices=[{"type": "dg-device", "id": "dg0"}])
+    old_reg = V.release(1)
+    tree, _ = M.filter_on_source(new, Destination.of_build(load_build(old_path, old_reg)))
+    (short_tmp / "down.mt").write_bytes(stream.write_tree(None, None, tree, new.registry))
+    _use_registry(monkeypatch, old_reg)
+    assert cli.main(["restore", str(old_path), str(short_tmp / "down.mt"),
+                     "--dump-state", str(short_tmp / "after.mt")]) == 0
+    out = capsys.readouterr().out
+    assert "stash kept (a later save writes it back" in out
+    assert "/machine/peripheral/dg0: dg-device-v1-v2.irq_mask=5" in out
+    # ...and the later save (--dump-state) carries it
+    node = device_node(stream.read_tree(str(short_tmp / "after.mt"))[1])
+    assert node["__stash__"] == {"dg-device-v1-v2": {"irq_mask": 5}}
+    # a stream without a stash says so
+    (short_tmp / "plain.mt").write_bytes(stream.save(load_build(old_path, old_reg).root,
+                                                     registry=old_reg))
+    assert cli.main(["restore", str(old_path), str(short_tmp / "plain.mt")]) == 0
+    assert "stash: none" in capsys.readouterr().out
+
+
+def test_a_stash_above_the_bound_is_refused_with_nothing_loaded(short_tmp: Path) -> None:
+    from migtree import stream
+    from migtree.errors import LoadError
+    from migtree.tree import MAX_KEPT_STASH
+
+    old = build_of(short_tmp, "old", 1)
+    tree = save_tree(old.root)
+    device_node(tree)["counter"] = 9
+    device_node(tree)["__stash__"] = {"dg-device-v1-v2": {"junk": "x" * (MAX_KEPT_STASH + 1)}}
+    with pytest.raises(LoadError, match=r"dg0: __stash__: the stash is \d+ bytes, above"):
+        stream.load(tree, old.root, registry=old.registry)
+    assert device(old).state.counter == 0

@@ -654,8 +654,9 @@ def receive(build: Any, chan: tp.Channel, *, timeout: float = DEFAULT_TIMEOUT,
         t0 = time.monotonic()
         with Progress("receiving", stream=None) if progress else _null_progress() as bar:
             reader = DataReader(chan, timeout, bar.update)
+            offsets: dict[str, int] = {}
             try:
-                header, tree = stream.read_tree(reader)
+                header, tree = stream.read_tree(reader, offsets=offsets)
                 reader.drain()
             except MigtreeError as e:
                 cause = reader.error if reader.error is not None else e
@@ -668,6 +669,10 @@ def receive(build: Any, chan: tp.Channel, *, timeout: float = DEFAULT_TIMEOUT,
         res.timings["receive_decode_s"] = time.monotonic() - t0
         events("received", bytes=reader.total, header=header)
 
+        res.stage = "validate"  # the stream's own layout, before any filter
+        from .validate import validate_tree
+
+        validate_tree(tree, build.registry, header=header, offsets=offsets)
         res.stage = "filters"
         t1 = time.monotonic()
         freport = apply_filters(tree, Destination.of_build(build), gather_filters(build),

@@ -154,6 +154,22 @@ def format_filters(filters: dict[str, Any] | None, indent: str = "  ") -> list[s
     return lines
 
 
+def format_stash(load: dict[str, Any] | None, indent: str = "  ") -> list[str]:
+    """What the loaded objects keep of the stash the filters left, and so
+    what a later save writes back (docs/filters.md 2.17); always a line."""
+    kept = (load or {}).get("kept") or {}
+    if not kept:
+        return [f"{indent}stash: none (nothing the source had is kept beside the state)"]
+    lines = [f"{indent}stash kept (a later save writes it back while the device's state "
+             "stays as loaded):"]
+    for path, stash in kept.items():
+        items = [f"{pair}.{name}={value!r}" for pair, entry in stash.items()
+                 for name, value in (entry.items() if isinstance(entry, dict) else [])]
+        shown = ", ".join(items) if items else repr(stash)
+        lines.append(f"{indent}  {path}: {shown}")
+    return lines
+
+
 def human_bytes(n: int | None) -> str:
     if n is None:
         return "-"

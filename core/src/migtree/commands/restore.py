@@ -37,7 +37,13 @@ def run(args: Any) -> int:
     with open(args.stream, "rb") as fp, Progress(f"reading {args.stream}") as bar:
         if args.no_progress:
             bar.enabled = False
-        fmt, header, tree = open_stream(CountingReader(fp, bar), build.registry)
+        offsets: dict[str, int] = {}
+        fmt, header, tree = open_stream(CountingReader(fp, bar), build.registry,
+                                        offsets=offsets)
+    if fmt == "migtree":  # the stream's own layout, before any filter (migtree.validate)
+        from ..validate import validate_tree
+
+        validate_tree(tree, build.registry, header=header, offsets=offsets)
     freport = apply_filters(tree, Destination.of_build(build), gather_filters(build),
                             explain=args.explain)
     lreport = stream.load(tree, build.root, registry=build.registry)
@@ -62,6 +68,7 @@ def run(args: Any) -> int:
         print("filters applied:")
         print("\n".join(A.format_filters(report["filters"])))
     print(f"loaded {len(lreport.loaded)} objects")
+    print("\n".join(A.format_stash(report["load"], indent="")))
     for name, summary in (report.get("workloads") or {}).items():
         print(f"workload {name}: {summary}")
     return 0

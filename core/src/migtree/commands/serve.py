@@ -94,6 +94,8 @@ def format_report(r: dict[str, Any]) -> str:
     if r.get("filters"):
         lines.append("filters applied:")
         lines.extend(A.format_filters(r["filters"]))
+    if r.get("load") is not None:
+        lines.extend(A.format_stash(r["load"]))
     lines.append(f"stream: {A.human_bytes(r.get('stream_bytes'))}")
     for name, summary in (r.get("workloads") or {}).items():
         lines.append(f"workload {name}: {summary}")
