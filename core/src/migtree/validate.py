@@ -92,8 +92,11 @@ def class_from_schema(fields: list[Any], name: str = "StreamState", depth: int =
         if not isinstance(f, dict) or not isinstance(f.get("name"), str):
             raise _Unsupported(f)
         wire, factory = _wire(f, depth)
+        since = f.get("since", 1)
+        if type(since) is not int or since < 1:
+            raise _Unsupported(f)
         attrs_fields[f["name"]] = attrs.field(factory=factory,
-                                              metadata={WIRE: wire, SINCE: 1})
+                                              metadata={WIRE: wire, SINCE: since})
     ident = "".join(c if c.isalnum() else "_" for c in name) or "S"
     return attrs.make_class(ident, attrs_fields)
 
