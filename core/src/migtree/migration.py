@@ -16,7 +16,8 @@ connects. Then, frame by frame (docs/cli.md has the picture)::
                                                   its state to the destination's types and
                                                   versions with its own filters first)
                                              ◄──  DATA ... DATA END {bytes}  (the stream)
-    read_tree (checksum), filters, load_tree
+    read_tree (checksum), validate (each node against
+    its own type@version), filters, load_tree
     (all-or-nothing; nothing runs yet)
     LOADED {filters applied, load report}   ──►
       or FAILED {stage, error}              ──►   source RESUMES, nothing lost
