@@ -114,3 +114,22 @@ def test_good_values_pass_the_first_check(short_tmp, monkeypatch, capsys, value)
     assert rc == 0, err
     node = device_node(after)
     assert node.get("__stash__", {}).get("dg-device-v1-v2", {}).get("irq_mask", 0) == value
+
+
+def test_a_load_error_after_the_filters_carries_the_stream_offset(short_tmp, monkeypatch,
+                                                                  capsys):
+    """The stream's node fits its own layout, the filter runs, and the old
+    device refuses the value (its check_load): the load error names the
+    path with the offset of that node's section; nothing is loaded."""
+    from migtree.errors import StateError
+
+    def picky(self, state):
+        if state.counter > 1000:
+            raise StateError(DG, "counter", f"{state.counter} is more than this device counts")
+
+    monkeypatch.setattr(V.DgDeviceV1, "check_load", picky, raising=False)
+    path, offset = bad_stream(short_tmp, count=5000)
+    rc, err, (before, after) = restore_into_old(short_tmp, monkeypatch, capsys, path)
+    assert rc == 1
+    assert f"stream offset {offset}: {DG}: counter: 5000 is more than this device counts" in err
+    assert after is None or device_node(after) == device_node(before)

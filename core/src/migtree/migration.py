@@ -685,7 +685,12 @@ def receive(build: Any, chan: tp.Channel, *, timeout: float = DEFAULT_TIMEOUT,
         res.stage = "load"
         t2 = time.monotonic()
         events("loading")
-        lreport = stream.load(tree, build.root, registry=build.registry)
+        try:
+            lreport = stream.load(tree, build.root, registry=build.registry)
+        except MigtreeError as e:
+            from .validate import with_offsets
+
+            raise with_offsets(e, offsets) from e
         res.load = lreport.as_dict()
         res.timings["load_s"] = time.monotonic() - t2
         events("loaded", report=lreport)

@@ -158,3 +158,23 @@ def validate_tree(tree: dict[str, Any], registry: Any, *,
             raise StreamStateError(path, "", f"{e} (the stream's own {t}@{v}, before any "
                                    "filter)", (offsets or {}).get(path)) from None
     return sorted(unchecked)
+
+
+def with_offsets(error: MigtreeError, offsets: dict[str, int]) -> MigtreeError:
+    """A load error found after the filters, each ``PATH: ...`` line
+    prefixed with the stream offset of that path's section (when the path
+    came from the stream as it is: a split's new child has none)."""
+    import re
+
+    if not offsets:
+        return error
+    lines = []
+    for line in str(error).splitlines():
+        m = re.match(r"^(\s*)(/[^:\s]*): ", line)
+        if m and m.group(2) in offsets:
+            line = f"{m.group(1)}stream offset {offsets[m.group(2)]}: {line[len(m.group(1)):]}"
+        lines.append(line)
+    out = type(error).__new__(type(error))
+    out.__dict__.update(error.__dict__)
+    out.args = ("\n".join(lines),)
+    return out

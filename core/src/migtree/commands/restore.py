@@ -29,6 +29,7 @@ def run(args: Any) -> int:
     from .. import migration as M
     from .. import stream
     from ..engine import Destination, apply_filters, gather_filters
+    from ..errors import MigtreeError
     from ..formats import open_stream
     from ..progress import CountingReader, Progress
 
@@ -46,7 +47,12 @@ def run(args: Any) -> int:
         validate_tree(tree, build.registry, header=header, offsets=offsets)
     freport = apply_filters(tree, Destination.of_build(build), gather_filters(build),
                             explain=args.explain)
-    lreport = stream.load(tree, build.root, registry=build.registry)
+    try:
+        lreport = stream.load(tree, build.root, registry=build.registry)
+    except MigtreeError as e:  # the destination's check, after the filters
+        from ..validate import with_offsets
+
+        raise with_offsets(e, offsets) from e
     report: dict[str, Any] = {"build": build.name, "backend": build.backend.name,
                               "stream": args.stream, "format": fmt,
                               "producer": header.get("producer"),
