@@ -163,11 +163,19 @@ def format_stash(load: dict[str, Any] | None, indent: str = "  ") -> list[str]:
     lines = [f"{indent}stash kept (a later save writes it back while the device's state "
              "stays as loaded):"]
     for path, stash in kept.items():
-        items = [f"{pair}.{name}={value!r}" for pair, entry in stash.items()
+        items = [f"{pair}.{name}={_short_value(value)}" for pair, entry in stash.items()
                  for name, value in (entry.items() if isinstance(entry, dict) else [])]
         shown = ", ".join(items) if items else repr(stash)
         lines.append(f"{indent}  {path}: {shown}")
     return lines
+
+
+def _short_value(value: Any, limit: int = 48) -> str:
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    size = f", {len(value)} bytes" if isinstance(value, bytes | str) else ""
+    return f"{text[:limit - 3]}...{size}"
 
 
 def human_bytes(n: int | None) -> str:
