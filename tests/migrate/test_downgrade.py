@@ -310,3 +310,41 @@ def test_a_stash_above_the_bound_is_refused_with_nothing_loaded(short_tmp: Path)
     with pytest.raises(LoadError, match=r"dg0: __stash__: the stash is \d+ bytes, above"):
         stream.load(tree, old.root, registry=old.registry)
     assert device(old).state.counter == 0
+
+
+@pytest.mark.parametrize("source_listens", [False, True], ids=["dst-listens", "src-listens"])
+def test_cli_new_to_old_two_environments(short_tmp: Path, source_listens: bool) -> None:
+    """``migtree send`` in an environment with release 2 (device v2 and the
+    filter pair), ``migtree serve`` in one with release 1 (device v1, no
+    filter), as two processes over a unix socket, whoever listens."""
+    from mig_helpers import Proc, child_cmd, wait_for_file
+
+    for name in ("new", "old"):
+        write_build(short_tmp, name, backend="userspace", cpus=1,
+                    devices=[{"type": "dg-device", "id": "dg0"}])
+    sock, ready = f"unix:{short_tmp / 'm.sock'}", short_tmp / "ready"
+    common = ["--json", "--timeout", "60", "--no-progress"]
+    new = ["--dg-release", "2", "--", "send", "new.toml", *common]
+    old = ["--dg-release", "1", "--", "serve", "old.toml", "--dump-state", "old.final.mt",
+           *common]
+    if source_listens:
+        first = Proc(child_cmd(*new, "--listen", sock, "--ready-file", str(ready)),
+                     short_tmp, "src")
+        second_args = [*old, "--connect", wait_for_file(ready, first)]
+        second = Proc(child_cmd(*second_args), short_tmp, "dst")
+        src, dst = first, second
+    else:
+        first = Proc(child_cmd(*old, "--listen", sock, "--ready-file", str(ready)),
+                     short_tmp, "dst")
+        second = Proc(child_cmd(*new, "--to", wait_for_file(ready, first)), short_tmp, "src")
+        src, dst = second, first
+    assert src.wait() == 0, src.stderr
+    assert dst.wait() == 0, dst.stderr
+    s, d = src.json(), dst.json()
+    assert s["filtered_by"] == d["filtered_by"] == "source"
+    assert [a["filter"] for a in s["source_filters"]["applications"]] == ["dg-device-v2-to-v1"]
+    assert d["filters"]["applications"] == []
+    from migtree import stream
+
+    node = device_node(stream.read_tree(str(short_tmp / "old.final.mt"))[1])
+    assert node["__version__"] == 1
