@@ -92,3 +92,31 @@ def test_the_downgrade_verdicts(builds) -> None:
     assert verdict("dg-new-nofilters", "dg-old") == (False, None)
     assert verdict("pair-src", "pair-dst") == (True, "destination")
     assert verdict("pair-src", "dg-new")[0] is False
+
+
+@pytest.mark.parametrize("dst", list(BUILDS))
+@pytest.mark.parametrize("src", list(BUILDS))
+def test_check_of_a_stream_is_what_restore_does(builds, tmp_path: Path, src: str,
+                                                dst: str) -> None:
+    """On B's host: ``check --from A.mt --to B.toml`` against ``restore
+    B.toml A.mt`` (B's filters only: a stream has no other side)."""
+    from migtree import stream
+    from migtree.engine import Destination, apply_filters, gather_filters
+    from migtree.errors import MigtreeError
+    from migtree.validate import validate_tree
+
+    a_path, a_reg, _ = builds[src]
+    b_path, b_reg, _ = builds[dst]
+    data = stream.save(load_build(a_path, a_reg).root, registry=a_reg)
+    (tmp_path / "a.mt").write_bytes(data)
+    report = check_paths(str(tmp_path / "a.mt"), str(b_path), b_reg)
+    b = load_build(b_path, b_reg)
+    header, tree = stream.read_tree(data)
+    try:  # what `migtree restore` does
+        validate_tree(tree, b_reg, header=header)
+        apply_filters(tree, Destination.of_build(b), gather_filters(b))
+        stream.load(tree, b.root, registry=b_reg)
+        restored = True
+    except MigtreeError:
+        restored = False
+    assert report.compatible == restored, report.format_text()
