@@ -194,7 +194,8 @@ def test_v2_to_v1_to_v2_is_the_identity(state):
 def test_v1_to_v2_has_no_pending_timer(state):
     up = apply(V1_TO_V2, node_of(ApicStateV1, state, 1))
     assert node_to_state(ApicStateV2, up, 2, LAPIC).timer == -1
-    assert apply(V2_TO_V1, up)["__stash__"] == {"apic-v1-v2": {"timer": -1}}
+    # -1 is what the way up gives: the way back down keeps no stash for it
+    assert "__stash__" not in apply(V2_TO_V1, up)
 
 
 def test_filters_refuse_a_node_that_is_not_what_they_match():

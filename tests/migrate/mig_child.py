@@ -1,12 +1,16 @@
 """A migtree CLI process that can die or misbehave on cue, for fault tests.
 
-    python mig_child.py [--kill-at EVENT] [--raise-in-filter SUBSTRING] -- migtree args...
+    python mig_child.py [--kill-at EVENT] [--raise-in-filter SUBSTRING]
+                        [--dg-release N|N+filters] -- migtree args...
 
 ``--kill-at EVENT`` SIGKILLs this process when the migration reports EVENT
 (``sent`` on a source: right after the whole stream went out; ``loading`` on
 a destination: after the filters, as the load starts). ``--raise-in-filter``
 makes every filter whose name contains SUBSTRING raise (a vendor's bug).
-Otherwise it is exactly ``migtree ARGS``.
+``--dg-release`` makes the process an environment with release N of the
+test vendor's plugin installed (``dg_vendor``: release 2 carries the filter
+pair, release 1 does not; ``1+filters`` backported it). Otherwise it is
+exactly ``migtree ARGS``.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import attrs
 
 def main() -> int:
     argv = sys.argv[1:]
-    kill_at = raise_in = None
+    kill_at = raise_in = dg_release = None
     while argv and argv[0].startswith("--") and argv[0] != "--":
         opt, val = argv[0], argv[1]
         argv = argv[2:]
@@ -28,6 +32,8 @@ def main() -> int:
             kill_at = val
         elif opt == "--raise-in-filter":
             raise_in = val
+        elif opt == "--dg-release":
+            dg_release = val
         else:
             raise SystemExit(f"unknown option {opt}")
     if argv and argv[0] == "--":
@@ -35,6 +41,15 @@ def main() -> int:
 
     from migtree import build as build_mod
     from migtree import cli, migration
+
+    if dg_release:
+        import dg_vendor
+
+        from migtree import plugins
+
+        number, _, extra = dg_release.partition("+")
+        plugins._registry = dg_vendor.release(int(number),
+                                              with_filters=True if extra else None)
 
     if kill_at:
         for fn in ("send", "receive"):

@@ -136,7 +136,7 @@ class Source:
         self.disk_at_resume = self.pair.disk_sha()
 
     def migrate(self, address: str, *, tls: Any = None, allow_plaintext: bool = False,
-                timeout: float = 60) -> M.SourceResult:
+                timeout: float = 60, filter_side: str = "auto") -> M.SourceResult:
         try:
             chan = connect(address, tls=tls, allow_plaintext=allow_plaintext, timeout=timeout)
         except TransportError as e:
@@ -144,7 +144,8 @@ class Source:
         with chan:
             return M.send(self.build, chan, timeout=timeout, pause=self._pause,
                           resume=self._resume, events=lambda n, **_: self.events.append(n),
-                          progress=False, keep_dir=str(self.pair.dir))
+                          progress=False, keep_dir=str(self.pair.dir),
+                          filter_side=filter_side)
 
     def state(self) -> bytes:
         return state_bytes(self.build)

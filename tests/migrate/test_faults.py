@@ -301,10 +301,12 @@ def test_filter_that_raises(pair):
 
 @pytest.mark.skipif(not kvm_ok(), reason="needs a KVM source (kvm-apic), so /dev/kvm")
 def test_destination_lacking_a_plugin_is_refused_before_the_source_pauses(pair):
+    """Only the destination may filter (--filter-on destination), and it
+    lacks the plugin with the chain: refused before the source pauses."""
     dst, addr = serve(pair, env={"MIGTREE_DISABLE_PLUGINS": "migtree-kvm"})
     src = Source(pair, SEED)
     try:
-        res = src.migrate(addr)
+        res = src.migrate(addr, filter_side="destination")
         assert_destination_unchanged(pair, dst, {"refused"})
         assert_source_intact(src, res, {"refused"})
     finally:
@@ -316,6 +318,31 @@ def test_destination_lacking_a_plugin_is_refused_before_the_source_pauses(pair):
     gaps = [e for e in res.check["entries"] if e["status"] == "gap"]
     assert [g["path"] for g in gaps] == ["/machine/unattached/device[0]/lapic",
                                          "/machine/unattached/device[1]/lapic"]
+
+
+@pytest.mark.skipif(not kvm_ok(), reason="needs a KVM source (kvm-apic), so /dev/kvm")
+def test_destination_lacking_a_plugin_gets_the_state_filtered_by_the_source(pair):
+    """The rule (docs/cli.md, "Who runs the filters"): the source has the
+    kvm plugin's static kvm-apic -> apic filter the destination lacks, so it
+    filters before sending; the destination runs nothing and ends as a build
+    that never migrated."""
+    dst, addr = serve(pair, env={"MIGTREE_DISABLE_PLUGINS": "migtree-kvm"})
+    src = Source(pair, SEED)
+    try:
+        res = src.migrate(addr)
+    finally:
+        src.close()
+    assert res.outcome == "committed", res.error
+    assert res.filtered_by == "source"
+    on_source = {a["path"]: a["before"] for a in res.source_filters["applications"]}
+    assert on_source["/machine/unattached/device[0]/lapic"] == "kvm-apic@1"
+    assert dst.wait() == 0
+    report = dst.json()
+    assert report["filtered_by"] == "source"
+    assert report["filters"]["applications"] == []
+    ref = reference(pair.ref_dst, pair.workloads, SEED)
+    assert report["workloads"] == ref["checks"]
+    assert pair.disk_sha() == ref["disk"]
 
 
 def test_protocol_version_mismatch_refused_up_front(pair, monkeypatch):

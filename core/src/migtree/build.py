@@ -50,6 +50,13 @@ class Workload:
 # -- build configurations ------------------------------------------------------
 
 _MACHINE_KEYS = {"backend", "fallback", "cpus", "memory"}
+#: the plugins of this project that provide each backend, to name in the
+#: error when the backend a build asks for is not installed
+BACKEND_PLUGINS = {"userspace": "migtree-apic", "kvm": "migtree-kvm"}
+#: the backend of a build without vCPUs (``cpus = 0``): a device-only build
+#: needs none, so it needs no plugin that provides one
+NO_CPUS = Backend("none", "no vCPUs: a build of devices only",
+                  create_cpus=lambda machine, count, registry: None, plugin="migtree")
 _DEVICE_RESERVED = {"type", "id", "children"}
 _SIZE_SUFFIX = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 
@@ -138,9 +145,9 @@ def load_build(source: Any, registry: Any = None, *, allow_fallback: bool = True
     def fail(key: str, message: str) -> BuildError:
         return BuildError(f"{where}: {key}: {message}")
 
-    unknown = set(config) - {"name", "machine", "device"}
+    unknown = set(config) - {"name", "machine", "device", "pins"}
     if unknown:
-        raise fail(sorted(unknown)[0], "unknown key (expected name, machine, device)")
+        raise fail(sorted(unknown)[0], "unknown key (expected name, machine, device, pins)")
     mcfg = config.get("machine", {})
     if not isinstance(mcfg, dict):
         raise fail("machine", "must be a table")
@@ -151,11 +158,20 @@ def load_build(source: Any, registry: Any = None, *, allow_fallback: bool = True
     name = config.get("name") or (Path(where).stem if where != "<build>" else "build")
 
     notes: list[str] = []
-    backend_name = mcfg.get("backend", "userspace")
-    backend = registry.backends.get(backend_name)
+    cpus = mcfg.get("cpus", 1)
+    if type(cpus) is not int or not 0 <= cpus <= 255:
+        raise fail("machine.cpus", f"expected an integer from 0 to 255, got {cpus!r}")
+    backend_name = mcfg.get("backend", "userspace" if cpus else "none")
+    backend = NO_CPUS if cpus == 0 and "backend" not in mcfg else \
+        registry.backends.get(backend_name)
     if backend is None:
+        provider = BACKEND_PLUGINS.get(backend_name)
+        hint = (f"; it is provided by the plugin {provider} (pip install {provider}"
+                + (f", or it was disabled: {registry.skipped[provider]}"
+                   if provider in registry.skipped else "") + ")") if provider else ""
         raise fail("machine.backend", f"no installed plugin provides backend {backend_name!r} "
-                   f"(installed: {', '.join(sorted(registry.backends)) or 'none'})")
+                   f"(installed: {', '.join(sorted(registry.backends)) or 'none'}){hint}; a "
+                   "build of devices only needs no backend: cpus = 0 and no backend key")
     ok, reason = backend.available()
     if not ok:
         fallback = mcfg.get("fallback")
@@ -166,13 +182,12 @@ def load_build(source: Any, registry: Any = None, *, allow_fallback: bool = True
         else:
             raise fail("machine.backend", reason)
 
-    cpus = mcfg.get("cpus", 1)
-    if type(cpus) is not int or not 1 <= cpus <= 255:
-        raise fail("machine.cpus", f"expected an integer from 1 to 255, got {cpus!r}")
-
     root, machine = new_root()
     try:
         _compose(config, mcfg, machine, registry, backend, cpus, base, where, fail)
+        from .pins import apply_pins
+
+        notes.extend(apply_pins(config, root, registry, fail))
         build = Build(name=name, root=root, machine=machine, registry=registry,
                       backend=backend, config=config,
                       source=None if where == "<build>" else where, notes=notes)

@@ -141,8 +141,11 @@ class Destination:
 
             registry = get_registry()
 
+        from .pins import wire_range
+
         def slot(obj: Any) -> Slot:
-            return Slot(obj.TYPE, obj.MIN_VERSION, obj.VERSION, obj.STATE is not None,
+            lo, hi = wire_range(obj)  # a pinned object loads its pinned version only
+            return Slot(obj.TYPE, lo, hi, obj.STATE is not None,
                         {n: slot(c) for n, c in obj._children.items()})
 
         types = {info.name: (info.min_version, info.version) for info in registry.types}
@@ -1194,6 +1197,9 @@ class CheckReport:
     #: source objects that nothing in the destination takes
     unconsumed: list[str] = attrs.Factory(list)
     notes: list[str] = attrs.Factory(list)
+    #: which side's filters the verdict is for ("destination" or "source";
+    #: None when the caller did not apply the rule of migtree.migration)
+    filtered_by: str | None = None
 
     @property
     def compatible(self) -> bool:
@@ -1208,7 +1214,8 @@ class CheckReport:
         return {"compatible": self.compatible, "source": self.source,
                 "destination": self.destination,
                 "entries": [e.as_dict() for e in self.entries], "missing": self.missing,
-                "unconsumed": self.unconsumed, "notes": self.notes}
+                "unconsumed": self.unconsumed, "notes": self.notes,
+                "filtered_by": self.filtered_by}
 
     def format_text(self) -> str:
         lines = []
@@ -1233,6 +1240,8 @@ class CheckReport:
             lines.append(f"GAP  {p}: the source has a node here that no object in the "
                          "destination consumes")
         lines.extend(f"note {n}" for n in self.notes)
+        if self.filtered_by and self.compatible:
+            lines.append(f"filters run on the {self.filtered_by}")
         n_gap = len(self.gaps) + len(self.missing) + len(self.unconsumed)
         lines.append("compatible" if self.compatible else f"NOT compatible: {n_gap} gap(s)")
         return "\n".join(lines)
@@ -1247,7 +1256,9 @@ def _skeleton(node: dict[str, Any]) -> dict[str, Any]:
 
 
 def _skeleton_of_object(obj: Any) -> dict[str, Any]:
-    out: dict[str, Any] = {TYPE_KEY: obj.TYPE, VERSION_KEY: obj.VERSION}
+    from .pins import wire_version
+
+    out: dict[str, Any] = {TYPE_KEY: obj.TYPE, VERSION_KEY: wire_version(obj)}
     for n, c in obj._children.items():
         out[n] = _skeleton_of_object(c)
     return out

@@ -164,23 +164,27 @@ def _peek(fp: IO[bytes]) -> tuple[bytes, IO[bytes]]:
 
 
 def open_stream(path_or_fp: Any, registry: Any = None, *,
-                limits: Limits = DEFAULT_LIMITS) -> tuple[str, dict[str, Any], dict[str, Any]]:
+                limits: Limits = DEFAULT_LIMITS,
+                offsets: dict[str, int] | None = None) -> tuple[str, dict[str, Any],
+                                                                dict[str, Any]]:
     """Read a stream of any known format: ``(format_name, header, tree)``.
 
     ``path_or_fp`` is a path, a binary file or the stream's bytes. The
     migtree format is tried first (with ``limits``), then every registered
     format in name order; the first whose ``sniff`` accepts the head reads
     the stream. A foreign reader's own exception becomes a
-    :class:`StreamError` naming the format and its plugin.
+    :class:`StreamError` naming the format and its plugin. ``offsets`` (a
+    migtree stream only) gets each object path's section offset.
     """
     if isinstance(path_or_fp, (str, os.PathLike)):
         with open(path_or_fp, "rb") as fp:
-            return open_stream(fp, registry, limits=limits)
+            return open_stream(fp, registry, limits=limits, offsets=offsets)
     if isinstance(path_or_fp, (bytes, bytearray, memoryview)):
-        return open_stream(io.BytesIO(bytes(path_or_fp)), registry, limits=limits)
+        return open_stream(io.BytesIO(bytes(path_or_fp)), registry, limits=limits,
+                           offsets=offsets)
     head, fp = _peek(path_or_fp)
     if sniff_migtree(head):
-        header, tree = read_tree(fp, limits=limits)
+        header, tree = read_tree(fp, limits=limits, offsets=offsets)
         return "migtree", header, tree
     known = formats(registry)
     for name, fmt in known.items():

@@ -5,20 +5,47 @@ The destination (``migtree serve``) listens; the source (``migtree send``)
 connects. Then, frame by frame (docs/cli.md has the picture)::
 
     destination                                   source
-    HELLO {types, objects, filters, plugins} ──►  pre-flight: engine.check(source build,
-                                                  destination's declarations)
+    HELLO {types, objects, filters, plugins} ──►  pre-flight: who filters (plan_filters):
+                                                  the destination's filters (declared in
+                                                  HELLO), else the source's own
                                              ◄──  ABORT {check report}   (incompatible: the
                                                   source never paused; both sides stop)
-                                             ◄──  OFFER {build, plugins}
+                                             ◄──  OFFER {build, plugins, filtered_by}
                                                   ── source PAUSED ──
+                                                  (filtered_by "source": the source drives
+                                                  its state to the destination's types and
+                                                  versions with its own filters first)
                                              ◄──  DATA ... DATA END {bytes}  (the stream)
-    read_tree (checksum), filters, load_tree
+    read_tree (checksum), validate (each node against
+    its own type@version), filters, load_tree
     (all-or-nothing; nothing runs yet)
     LOADED {filters applied, load report}   ──►
       or FAILED {stage, error}              ──►   source RESUMES, nothing lost
                                              ◄──  COMMIT   (the source will never resume)
     DONE                                    ──►
     destination RUNS                              source stays stopped
+
+Who filters (docs/cli.md, "Who runs the filters"): an older destination by
+definition lacks the filter the newer release ships, so the side that has a
+chain runs it. The rule, decided by the source on HELLO
+(:func:`plan_filters`), is the same for ``send``, ``migrate`` and ``check``:
+
+1. when the destination's filters (its HELLO declarations) bring every
+   object of the source to what the destination loads, the source sends its
+   state as it is and the destination filters (it knows its own build best:
+   its dynamic filters, its composition);
+2. otherwise, when the source's own (static, installed) filters bring every
+   object there, the source filters before sending: the stream already holds
+   the destination's types and versions, so every node is acceptable to the
+   destination and its engine applies nothing -- a destination that knows
+   nothing of this rule (an older release) loads it as any stream;
+3. otherwise the migration is refused before anything is paused.
+
+Filter chains are deterministic functions of the node (the engine picks the
+shortest chain by ``(-priority, name)``), so when both sides could run the
+chain the loaded state does not depend on which did (tested:
+``tests/migrate/test_downgrade.py``). ``filter_side`` (``send --filter-on``)
+forces one side for tests and operators.
 
 Failure rules (each has a test in ``tests/migrate``):
 
@@ -63,6 +90,14 @@ log = logging.getLogger("migtree.migration")
 
 #: the migration protocol's version, in HELLO; a mismatch is refused up front
 PROTOCOL = 1
+#: ``filter_side`` values: ``auto`` is the rule in the module docstring
+FILTER_SIDES = ("auto", "destination", "source")
+#: what OFFER carries (one place, so the protocol's schema can be declared
+#: from it): ``filtered_by`` (``"destination"`` or ``"source"``) is an
+#: addition to protocol 1: a destination that does not know it ignores it,
+#: and a stream the source filtered loads there like any other (the source
+#: keeps its own filter report, SourceResult.source_filters).
+OFFER_KEYS = ("protocol", "build", "backend", "plugins", "filtered_by")
 #: seconds either side waits for the next frame before it gives up (a
 #: failure guard against a peer that hangs, not a tuning knob)
 DEFAULT_TIMEOUT = 120.0
@@ -103,6 +138,10 @@ class SourceResult:
     destination: dict[str, Any] = attrs.Factory(dict)
     #: what the destination reported in LOADED: filters, load, timings
     loaded: dict[str, Any] | None = None
+    #: which side ran the filters: "destination" or "source" (None when refused)
+    filtered_by: str | None = None
+    #: the source's FilterReport.as_dict() when it filtered
+    source_filters: dict[str, Any] | None = None
     stream_bytes: int = 0
     wire_bytes_sent: int = 0
     wire_bytes_received: int = 0
@@ -139,6 +178,8 @@ class DestResult:
     check: dict[str, Any] | None = None
     #: engine.FilterReport.as_dict(): every application, chains per path
     filters: dict[str, Any] | None = None
+    #: which side ran the filters (from OFFER): "destination" or "source"
+    filtered_by: str | None = None
     #: tree.LoadReport.as_dict()
     load: dict[str, Any] | None = None
     stream_bytes: int = 0
@@ -173,11 +214,9 @@ def describe_destination(build: Any) -> dict[str, Any]:
     }
 
 
-def preflight(build: Any, hello: dict[str, Any]) -> Any:
-    """The static check the source runs on the destination's HELLO: does
-    every object of this build reach what the destination has at its path,
-    through the destination's filters? Returns the engine's CheckReport."""
-    from .engine import Destination, SchemaDumpError, check, filters_from_declarations
+def _hello_destination(hello: dict[str, Any]) -> tuple[Any, list[Any]]:
+    """The destination and its filter declarations, from HELLO."""
+    from .engine import Destination, SchemaDumpError, filters_from_declarations
 
     if hello.get("protocol") != PROTOCOL:
         raise PreflightRefused(f"the destination speaks migration protocol "
@@ -188,7 +227,114 @@ def preflight(build: Any, hello: dict[str, Any]) -> Any:
         filters = filters_from_declarations(hello.get("filters") or [])
     except SchemaDumpError as e:
         raise PreflightRefused(f"the destination's HELLO is malformed: {e}") from None
+    return dest, filters
+
+
+def preflight(build: Any, hello: dict[str, Any]) -> Any:
+    """The static check with the destination's filters alone: does every
+    object of this build reach what the destination has at its path? Returns
+    the engine's CheckReport. (:func:`plan_filters` is the whole rule.)"""
+    from .engine import check
+
+    dest, filters = _hello_destination(hello)
     return check(build, dest, filters)
+
+
+@attrs.define
+class FilterPlan:
+    """Which side runs the filters of one migration, and the check that
+    decided it (the report of the chosen side; when neither side can, the
+    destination's, with the source's gaps as notes)."""
+
+    side: str | None  # "destination" | "source" | None (refused)
+    report: Any
+    destination: Any = None
+
+    def __attrs_post_init__(self) -> None:
+        self.report.filtered_by = self.side
+
+    @property
+    def compatible(self) -> bool:
+        return self.side is not None
+
+
+def source_filters(build: Any) -> list[Any]:
+    """The filters a source can run: the static ones installed with it (its
+    build's dynamic filters are for streams coming *in*)."""
+    from .engine import gather_filters
+
+    return gather_filters(build.registry)
+
+
+def _source_check(source: Any, dest: Any, own_filters: list[Any],
+                  own_registry: Any) -> Any:
+    """The check for the source's own filters, plus what only the source
+    side needs: it writes the filtered tree itself, so every ``type@version``
+    a chain ends at must be one it can describe in the stream's header."""
+    from .engine import CheckEntry, check
+    from .stream import schema_entry
+
+    report = check(source, dest, own_filters)
+    if own_registry is None or not report.compatible:
+        return report
+    for e in list(report.entries):
+        if not e.chain:
+            continue
+        t, _, v = e.chain[-1]["to"].rpartition("@")
+        if schema_entry(t, int(v), own_registry) is None:
+            report.entries.append(CheckEntry(
+                e.path, e.source, "gap", wanted=e.chain[-1]["to"],
+                error=f"{e.path}: the source's filters reach {t}@{v}, but the source does "
+                      f"not know that version's fields (no HISTORY entry), so it cannot "
+                      "write it"))
+    return report
+
+
+def plan_filters(source: Any, destination: Any, dest_filters: list[Any],
+                 own_filters: list[Any], filter_side: str = "auto", *,
+                 own_registry: Any = None) -> FilterPlan:
+    """The rule of the module docstring: the destination's filters when
+    they reach, else the source's own, else refused. ``source`` is what
+    :func:`migtree.engine.check` takes as a source (a build, a schema dump,
+    a tree); ``filter_side`` forces a side (``auto`` applies the rule).
+    ``own_registry`` (the source's, when known) must describe every
+    ``type@version`` the source's filters produce."""
+    from .engine import Destination, check
+
+    if filter_side not in FILTER_SIDES:
+        raise MigtreeError(f"filter side {filter_side!r}: expected one of "
+                           f"{', '.join(FILTER_SIDES)}")
+    dest = Destination.of(destination)
+    if filter_side == "source":
+        report = _source_check(source, dest, own_filters, own_registry)
+        report.notes.append("the source runs the filters (forced)")
+        return FilterPlan("source" if report.compatible else None, report, dest)
+    report = check(source, dest, dest_filters)
+    if report.compatible or filter_side == "destination":
+        if filter_side == "destination":
+            report.notes.append("the destination runs the filters (forced)")
+        return FilterPlan("destination" if report.compatible else None, report, dest)
+    mine = _source_check(source, dest, own_filters, own_registry)
+    if mine.compatible:
+        mine.notes.append("the destination's filters do not reach it; the source's do: the "
+                          "source filters before sending")
+        return FilterPlan("source", mine, dest)
+    report.notes.append("the source's own filters do not reach it either:")
+    report.notes.extend("  " + ln for ln in mine.format_text().splitlines()
+                        if ln.startswith("GAP"))
+    return FilterPlan(None, report, dest)
+
+
+def filter_on_source(build: Any, destination: Any, *, explain: bool = False,
+                     ) -> tuple[dict[str, Any], Any]:
+    """The source's state as a tree, driven to ``destination`` with the
+    source's own filters: ``(tree, FilterReport)``. Only memory is touched."""
+    from .engine import apply_filters
+    from .tree import save_tree
+
+    tree = save_tree(build.root)
+    report = apply_filters(tree, destination, source_filters(build), explain=explain)
+    return tree, report
 
 
 # -- source -------------------------------------------------------------------------------
@@ -200,15 +346,17 @@ def _noop(*_a: Any, **_k: Any) -> None:
 def send(build: Any, chan: tp.Channel, *, timeout: float = DEFAULT_TIMEOUT,
          pause: Callable[[], None] = _noop, resume: Callable[[], None] = _noop,
          events: Events = _noop, progress: bool = True,
-         keep_dir: str | None = None) -> SourceResult:
+         keep_dir: str | None = None, filter_side: str = "auto") -> SourceResult:
     """Migrate ``build`` over ``chan`` (connected to a destination).
 
     ``pause()`` is called before the state is written, ``resume()`` when the
     migration failed after that (the source runs on); neither is called
     when pre-flight refuses. ``events(name, **info)`` observes the steps:
     ``hello``, ``checked``, ``paused``, ``sent``, ``loaded``, ``committed``,
-    ``done``, ``resumed``. Never raises for a failed migration: the result
-    says what happened; raises only for programming errors.
+    ``done``, ``resumed``. ``filter_side`` says who runs the filters
+    (:data:`FILTER_SIDES`; ``auto`` is the rule in the module docstring).
+    Never raises for a failed migration: the result says what happened;
+    raises only for programming errors.
     """
     res = SourceResult()
     try:
@@ -219,10 +367,14 @@ def send(build: Any, chan: tp.Channel, *, timeout: float = DEFAULT_TIMEOUT,
             raise tp.ProtocolError(f"expected HELLO, got {tp.KIND_NAMES[kind]}")
         res.destination = {k: hello.get(k) for k in ("build", "backend", "plugins")}
         events("hello", hello=hello)
-        report = preflight(build, hello)
+        dest, dest_filters = _hello_destination(hello)
+        plan = plan_filters(build, dest, dest_filters, source_filters(build), filter_side,
+                            own_registry=build.registry)
+        report = plan.report
         res.check = report.as_dict()
+        res.filtered_by = plan.side
         events("checked", report=report)
-        if not report.compatible:
+        if not plan.compatible:
             gaps = [ln for ln in report.format_text().splitlines()
                     if not ln.startswith("ok ")]
             msg = (f"pre-flight check: {build.name} cannot migrate to "
@@ -236,7 +388,8 @@ def send(build: Any, chan: tp.Channel, *, timeout: float = DEFAULT_TIMEOUT,
                                  "backend": build.backend.name,
                                  "plugins": {n: r.version for n, r in
                                              sorted(build.registry.plugins.items())
-                                             if r.error is None}})
+                                             if r.error is None},
+                                 "filtered_by": plan.side})
     except PreflightRefused as e:
         with contextlib.suppress(tp.TransportError):
             chan.send_msg(tp.ABORT, {"error": str(e)})
@@ -258,7 +411,18 @@ def send(build: Any, chan: tp.Channel, *, timeout: float = DEFAULT_TIMEOUT,
         with Progress("migrating", stream=None) if progress else _null_progress() as bar:
             writer = tp.DataWriter(chan, bar.update)
             try:
-                stream.save(build.root, writer, registry=build.registry, build_name=build.name)
+                if plan.side == "source":
+                    try:
+                        tree, freport = filter_on_source(build, plan.destination)
+                    except MigtreeError as e:
+                        raise _SourceSaveError(f"the source's filters failed: {e}") from e
+                    res.source_filters = freport.as_dict()
+                    events("filtered", report=freport)
+                    stream.write_tree(writer, None, tree, build.registry,
+                                      build_name=build.name)
+                else:
+                    stream.save(build.root, writer, registry=build.registry,
+                                build_name=build.name)
                 writer.flush()
             except tp.RemoteAbort as e:
                 raise MigrationError(_remote_failure(e.msg)) from None
@@ -274,6 +438,10 @@ def send(build: Any, chan: tp.Channel, *, timeout: float = DEFAULT_TIMEOUT,
                 raise e from None
             except tp.TransportError:
                 raise
+            except _SourceSaveError as e:
+                with contextlib.suppress(tp.TransportError):
+                    chan.send_msg(tp.ABORT, {"error": str(e)})
+                raise MigrationError(str(e)) from e
             except Exception as e:  # a device's pre_save or visit failed (plugin code)
                 why = _describe(e)
                 with contextlib.suppress(tp.TransportError):
@@ -324,6 +492,11 @@ def send(build: Any, chan: tp.Channel, *, timeout: float = DEFAULT_TIMEOUT,
         return res
     finally:
         res.wire_bytes_sent, res.wire_bytes_received = chan.bytes_sent, chan.bytes_received
+
+
+class _SourceSaveError(Exception):
+    """The source's own filters failed on its state (before anything was
+    loaded anywhere): the source resumes."""
 
 
 def _describe(e: BaseException) -> str:
@@ -475,14 +648,16 @@ def receive(build: Any, chan: tp.Channel, *, timeout: float = DEFAULT_TIMEOUT,
         if kind != tp.OFFER:
             raise tp.ProtocolError(f"expected OFFER or ABORT, got {tp.KIND_NAMES[kind]}")
         res.source = {k: msg.get(k) for k in ("build", "backend", "plugins")}
+        res.filtered_by = msg.get("filtered_by") or "destination"
         events("offer", offer=msg)
 
         res.stage = "stream"
         t0 = time.monotonic()
         with Progress("receiving", stream=None) if progress else _null_progress() as bar:
             reader = DataReader(chan, timeout, bar.update)
+            offsets: dict[str, int] = {}
             try:
-                header, tree = stream.read_tree(reader)
+                header, tree = stream.read_tree(reader, offsets=offsets)
                 reader.drain()
             except MigtreeError as e:
                 cause = reader.error if reader.error is not None else e
@@ -495,6 +670,10 @@ def receive(build: Any, chan: tp.Channel, *, timeout: float = DEFAULT_TIMEOUT,
         res.timings["receive_decode_s"] = time.monotonic() - t0
         events("received", bytes=reader.total, header=header)
 
+        res.stage = "validate"  # the stream's own layout, before any filter
+        from .validate import validate_tree
+
+        validate_tree(tree, build.registry, header=header, offsets=offsets)
         res.stage = "filters"
         t1 = time.monotonic()
         freport = apply_filters(tree, Destination.of_build(build), gather_filters(build),
@@ -506,7 +685,12 @@ def receive(build: Any, chan: tp.Channel, *, timeout: float = DEFAULT_TIMEOUT,
         res.stage = "load"
         t2 = time.monotonic()
         events("loading")
-        lreport = stream.load(tree, build.root, registry=build.registry)
+        try:
+            lreport = stream.load(tree, build.root, registry=build.registry)
+        except MigtreeError as e:
+            from .validate import with_offsets
+
+            raise with_offsets(e, offsets) from e
         res.load = lreport.as_dict()
         res.timings["load_s"] = time.monotonic() - t2
         events("loaded", report=lreport)

@@ -940,17 +940,20 @@ def _footer(inp: _Input, item: list, start: int, end: int, count: int) -> Sectio
     return Section("footer", start, end - start, count=count, data=item[2])
 
 
-def read_tree(src: Any, *, limits: Limits = DEFAULT_LIMITS) -> tuple[dict[str, Any],
-                                                                      dict[str, Any]]:
+def read_tree(src: Any, *, limits: Limits = DEFAULT_LIMITS,
+              offsets: dict[str, int] | None = None) -> tuple[dict[str, Any],
+                                                              dict[str, Any]]:
     """Read a whole stream into ``(header, tree)`` without consulting any
     device or plugin. Blob fields become :class:`migtree.blob.Blob` values
     (spooled to a temporary file when large). ``src``: bytes, a binary file
-    or a path."""
+    or a path. ``offsets``, when given, is filled with each object path's
+    section offset (for errors found later, migtree.validate)."""
     with _gc_paused():
-        return _read_tree(src, limits)
+        return _read_tree(src, limits, offsets)
 
 
-def _read_tree(src: Any, limits: Limits) -> tuple[dict[str, Any], dict[str, Any]]:
+def _read_tree(src: Any, limits: Limits,
+               offsets: dict[str, int] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     header: dict[str, Any] | None = None
     nodes: dict[str, dict[str, Any]] = {}
     blobs: list[Blob] = []
@@ -975,6 +978,8 @@ def _read_tree(src: Any, limits: Limits) -> tuple[dict[str, Any], dict[str, Any]
                 head, _, name = path.rpartition("/")  # type: ignore[union-attr]
                 nodes[head or "/"][name] = node
             nodes[path] = node  # type: ignore[index]
+            if offsets is not None:
+                offsets[path] = sec.offset  # type: ignore[index]
         elif kind == "chunk":
             blobs[sec.index].append(sec.data)  # type: ignore[index, arg-type]
         elif kind == "header":
@@ -1180,11 +1185,14 @@ def save(root: Object, fp: IO[bytes] | None = None, *, registry: Any = None,
             walk(child, f"{path}/{name}" if path != "/" else f"/{name}")
 
     walk(root, "/")
+    from .pins import wire_version
+
     schemas: dict[str, Any] = {}
     for obj, _ in order:
-        key = f"{obj.TYPE}@{obj.VERSION}"
+        version = wire_version(obj)  # a pinned object writes its pinned version
+        key = f"{obj.TYPE}@{version}"
         if key not in schemas:
-            schemas[key] = schema_entry(obj.TYPE, obj.VERSION, registry, type(obj))
+            schemas[key] = schema_entry(obj.TYPE, version, registry, type(obj))
     prefix = canonical_path(root)
     w = _Writer(fp)
     w.header(_header(schemas, registry, build_name, None))

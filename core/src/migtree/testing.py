@@ -264,11 +264,41 @@ def _check_loadable(registry: Any, node: dict[str, Any], path: str, why: str) ->
             _check_loadable(registry, value, f"{path}/{key}", why)
 
 
+def load_and_save(registry: Any, node: dict[str, Any], path: str = DEFAULT_PATH
+                  ) -> dict[str, Any]:
+    """What a build that *loads* ``node`` and saves it again writes: every
+    object node (children included) read by the strict input visitor of its
+    declared ``type@version`` and written back by the output visitor, its
+    stash kept beside the state and written back with it, as a loaded object
+    does (docs/filters.md 2.17). A node whose version has no declaration
+    is passed on as it is."""
+    from .engine import STASH_KEY
+    from .tree import is_object_node
+    from .visitor import node_to_state, state_to_node
+
+    tv = _tv_of(node)
+    out: dict[str, Any] = {"__type__": node.get("__type__"),
+                           "__version__": node.get("__version__")}
+    info = registry.types.get(tv.type) if not isinstance(tv, tuple) else None
+    cls = info.versions().get(tv.version) if info is not None else None
+    if cls is not None:
+        out.update(state_to_node(cls, node_to_state(cls, node, tv.version, path), tv.version,
+                                 path))
+    else:
+        out.update({k: _copy(v) for k, v in node.items() if not is_object_node(v)})
+    if node.get(STASH_KEY):
+        out[STASH_KEY] = _copy(node[STASH_KEY])
+    for key, value in node.items():
+        if is_object_node(value):
+            out[key] = load_and_save(registry, value, f"{path}/{key}")
+    return out
+
+
 # -- the assertions ------------------------------------------------------------------
 
 def assert_round_trips(registry: Any, forward_name: str, backward_name: str,
                        type_at_version: str, *, path: str = DEFAULT_PATH,
-                       max_examples: int | None = None) -> None:
+                       max_examples: int | None = None, through_load: bool = False) -> None:
     """Every state of ``type_at_version`` goes through filter ``forward_name``
     and back through ``backward_name`` unchanged.
 
@@ -281,6 +311,11 @@ def assert_round_trips(registry: Any, forward_name: str, backward_name: str,
     when that version is declared, and the final node must equal the
     original exactly — no leftover ``__stash__``. A failure is an
     ``AssertionError`` with hypothesis' minimal example and a per-field diff.
+
+    ``through_load=True`` puts a build in the middle that really loads the
+    intermediate node and saves it again (:func:`load_and_save`): the state
+    goes through the other version's declaration and the stash through a
+    loaded object, as in A -> B -> A with B running the other version.
     """
     from hypothesis import HealthCheck, given, settings
 
@@ -309,6 +344,8 @@ def assert_round_trips(registry: Any, forward_name: str, backward_name: str,
         original = _copy(node)
         mid = apply_filter(fwd, _copy(node), path)
         _check_loadable(registry, mid, path, f"after {forward_name}")
+        if through_load:
+            mid = load_and_save(registry, mid, path)
         final = apply_filter(back, mid, path)
         diff = tree_diff(original, final)
         if diff:
@@ -321,7 +358,8 @@ def assert_round_trips(registry: Any, forward_name: str, backward_name: str,
     inner = getattr(getattr(round_trip, "hypothesis", None), "inner_test", None)
     if inner is not None:
         inner._hypothesis_internal_add_digest = \
-            f"{forward_name}|{backward_name}|{tv}|{path}".encode()
+            (f"{forward_name}|{backward_name}|{tv}|{path}"
+             + ("|through-load" if through_load else "")).encode()
     round_trip()
 
 

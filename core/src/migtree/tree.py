@@ -30,12 +30,82 @@ def is_object_node(value: Any) -> bool:
 
 def object_node(obj: Object, path: str | None = None) -> dict[str, Any]:
     """One object's own node (no children)."""
+    from .pins import to_wire
+
     node: dict[str, Any] = {TYPE_KEY: obj.TYPE, VERSION_KEY: obj.VERSION}
+    where = path if path is not None else canonical_path(obj)
     if obj.STATE is not None:
         obj.pre_save()
-        node.update(state_to_node(obj.STATE, obj.state, obj.VERSION,
-                                  path if path is not None else canonical_path(obj)))
-    return node
+        node.update(state_to_node(obj.STATE, obj.state, obj.VERSION, where))
+        _write_back_stash(obj, node, where)
+    return to_wire(obj, node, where)  # a pinned build writes its pinned version
+
+
+#: where a loaded object keeps the stash its node carried (opaque to it)
+STASH_ATTR = "_migtree_stash"
+#: the most stash a loaded object keeps, CBOR-encoded: the stash is for the
+#: few fields a build has no room for, never for bulk state
+MAX_KEPT_STASH = 64 << 10
+
+
+@attrs.frozen
+class KeptStash:
+    """A loaded object's stash, and its state's fields as loaded (at its
+    running version): the stash is written back only while they are the
+    same (docs/filters.md 2.17)."""
+
+    stash: dict[str, Any]
+    fields: dict[str, Any]
+
+
+def kept_stash(obj: Object) -> dict[str, Any] | None:
+    """The stash ``obj``'s next save writes back, or None."""
+    kept = obj.__dict__.get(STASH_ATTR)
+    return kept.stash if kept is not None else None
+
+
+def _write_back_stash(obj: Object, node: dict[str, Any], path: str) -> None:
+    import copy
+    import logging
+
+    kept = obj.__dict__.get(STASH_ATTR)
+    if kept is None:
+        return
+    fields = {k: v for k, v in node.items() if k not in (TYPE_KEY, VERSION_KEY)}
+    if fields != kept.fields:
+        # The device changed its state since the load: what the stash
+        # remembers of the other build may no longer fit it. Dropped, said.
+        del obj.__dict__[STASH_ATTR]
+        logging.getLogger("migtree.tree").warning(
+            "%s: the device's state changed since it was loaded, so the stash it carried "
+            "(%s) is dropped, not written back", path, ", ".join(_stash_keys(kept.stash)))
+        return
+    node[STASH_KEY] = copy.deepcopy(kept.stash)
+
+
+def _stash_keys(stash: Any) -> list[str]:
+    if not isinstance(stash, dict):
+        return ["?"]
+    return [f"{k}.{f}" for k, v in stash.items()
+            for f in (v if isinstance(v, dict) else {"?": None})]
+
+
+def _keep(obj: Object, own: dict[str, Any], new_state: Any, path: str) -> KeptStash | None:
+    """What ``obj`` keeps of ``own``'s stash once loaded (None: nothing).
+    Raises StateError when the stash is above the bound."""
+    import copy
+
+    import cbor2
+
+    stash = own.get(STASH_KEY)
+    if not stash:
+        return None
+    size = len(cbor2.dumps(stash))
+    if size > MAX_KEPT_STASH:
+        raise StateError(path, STASH_KEY, f"the stash is {size} bytes, above the "
+                         f"{MAX_KEPT_STASH} bytes a loaded object keeps")
+    return KeptStash(copy.deepcopy(stash), state_to_node(obj.STATE, new_state, obj.VERSION,
+                                                         path))
 
 
 def save_tree(root: Object) -> dict[str, Any]:
@@ -89,8 +159,10 @@ class LoadReport:
     unconsumed: list[str] = attrs.Factory(list)
     #: paths whose node carried a stash (dropped by a forward filter)
     stashed: list[str] = attrs.Factory(list)
+    #: path -> the stash the loaded object keeps and its next save writes back
+    kept: dict[str, Any] = attrs.Factory(dict)
 
-    def as_dict(self) -> dict[str, list[str]]:
+    def as_dict(self) -> dict[str, Any]:
         return attrs.asdict(self)
 
 
@@ -103,8 +175,11 @@ def load_tree(tree: dict[str, Any], root: Object, *, allow_missing: bool = False
     runs. If a ``post_load`` fails, every object gets its old state back (and
     ``post_load`` again, to resync derived state) before the error is raised.
     """
+    from .pins import from_wire, wire_range
+
     report = LoadReport()
     staged: list[tuple[Object, Any]] = []
+    keeps: list[tuple[Object, KeptStash | None]] = []
     errors: list[str] = []
 
     def walk(obj: Object, node: dict[str, Any] | None, path: str) -> None:
@@ -113,18 +188,24 @@ def load_tree(tree: dict[str, Any], root: Object, *, allow_missing: bool = False
                 report.missing.append(path)
         else:
             ntype, nver = node.get(TYPE_KEY), node.get(VERSION_KEY)
+            lo, hi = wire_range(obj)
             if ntype != obj.TYPE:
                 errors.append(f"{path}: the tree holds {ntype}@{nver} but the build has "
-                              f"{obj.TYPE}@{obj.VERSION} here, and no filter made them meet")
-            elif type(nver) is not int or not obj.MIN_VERSION <= nver <= obj.VERSION:
+                              f"{obj.TYPE}@{hi} here, and no filter made them meet")
+            elif type(nver) is not int or not lo <= nver <= hi:
                 errors.append(f"{path}: {ntype} version {nver!r} is outside the range this "
-                              f"build loads ({obj.MIN_VERSION}..{obj.VERSION})")
+                              f"build loads ({lo}..{hi})")
             else:
                 if obj.STATE is not None:
                     try:
-                        new_state = node_to_state(obj.STATE, node, nver, path)
+                        own = from_wire(obj, node, path)  # a pinned object's version up
+                        new_state = node_to_state(obj.STATE, own, own[VERSION_KEY], path)
                         obj.check_load(new_state)
+                        kept = _keep(obj, own, new_state, path)
                         staged.append((obj, new_state))
+                        keeps.append((obj, kept))
+                        if kept is not None:
+                            report.kept[path] = kept.stash
                     except StateError as e:
                         errors.append(str(e))
                     except MigtreeError as e:
@@ -173,6 +254,11 @@ def load_tree(tree: dict[str, Any], root: Object, *, allow_missing: bool = False
             raise LoadError(f"{canonical_path(current)}: post_load failed, every object was "
                             f"given its previous state back: {what}") from e
         done.append(current)
+    for obj, kept in keeps:  # the load happened: each object keeps its node's stash
+        if kept is None:
+            obj.__dict__.pop(STASH_ATTR, None)
+        else:
+            obj.__dict__[STASH_ATTR] = kept
     return report
 
 

@@ -59,6 +59,30 @@ def add_output_args(p: argparse.ArgumentParser) -> None:
                    help="never show a progress bar (it only shows on a terminal anyway)")
 
 
+def accept_one(args: Any, name: str, peer: str) -> Any:
+    """Listen on ``args.listen`` (writing ``args.ready_file`` once
+    listening) and accept one connection from the ``peer`` side; the
+    channel carries ``refused_peers``."""
+    from pathlib import Path
+
+    from ..transport import Address, Listener
+
+    listener = Listener(Address.parse(args.listen), tls=tls_config(args),
+                        allow_plaintext=args.allow_plaintext)
+    try:
+        note(f"{name}: listening on {listener.address}")
+        if args.ready_file:
+            tmp = Path(args.ready_file + ".tmp")
+            tmp.write_text(f"{listener.address}\n")
+            tmp.replace(args.ready_file)
+        chan = listener.accept(timeout=args.timeout)
+    finally:
+        listener.close()
+    chan.refused_peers = listener.refused
+    note(f"{name}: {peer} connected from {chan.peer}")
+    return chan
+
+
 def tls_config(args: Any) -> Any:
     from ..transport import TlsConfig
 
@@ -128,6 +152,30 @@ def format_filters(filters: dict[str, Any] | None, indent: str = "  ") -> list[s
                           for a in apps)
         lines.append(f"{indent}{path}: {apps[0]['before']} -> {apps[-1]['after']} via {names}")
     return lines
+
+
+def format_stash(load: dict[str, Any] | None, indent: str = "  ") -> list[str]:
+    """What the loaded objects keep of the stash the filters left, and so
+    what a later save writes back (docs/filters.md 2.17); always a line."""
+    kept = (load or {}).get("kept") or {}
+    if not kept:
+        return [f"{indent}stash: none (nothing the source had is kept beside the state)"]
+    lines = [f"{indent}stash kept (a later save writes it back while the device's state "
+             "stays as loaded):"]
+    for path, stash in kept.items():
+        items = [f"{pair}.{name}={_short_value(value)}" for pair, entry in stash.items()
+                 for name, value in (entry.items() if isinstance(entry, dict) else [])]
+        shown = ", ".join(items) if items else repr(stash)
+        lines.append(f"{indent}  {path}: {shown}")
+    return lines
+
+
+def _short_value(value: Any, limit: int = 48) -> str:
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    size = f", {len(value)} bytes" if isinstance(value, bytes | str) else ""
+    return f"{text[:limit - 3]}...{size}"
 
 
 def human_bytes(n: int | None) -> str:

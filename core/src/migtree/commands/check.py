@@ -11,9 +11,16 @@ report it: the path, the source ``type@version``, what B wants there and
 the nearest reachable ``type@version``. The chain each object would take is
 listed too.
 
-The filters are B's: a build's static filters plus the dynamic ones its
-objects register; for a dump, the declarations in its ``filters`` list, or
--- when it has none -- the filters installed here.
+The verdict is exactly what ``send``/``migrate``/``restore`` then do, by
+the rule of docs/cli.md ("Who runs the filters"): B's filters (a build's
+static filters plus the dynamic ones its objects register; for a dump, the
+declarations in its ``filters`` list, or -- when it has none -- the filters
+installed here) when they bring A there; else, when A is a build or a dump,
+A's own filters (a build's: the filters installed here, which ``send``
+runs on the source; a dump's: its ``filters`` list), since the source then
+filters before sending. A stream has no side that could filter it but B's
+(``restore``); ``convert --target`` filters it offline with the filters
+installed here. The report says which side's filters the verdict is for.
 
 A and B may also be *descriptions* another emulator writes of what it
 accepts (QEMU's ``-dump-vmstate``): when a file is not a build, a schema
@@ -236,7 +243,19 @@ def check_paths(source: str, destination: str, registry: Any) -> Any:
             filters = gather_filters(registry)
             notes.append(f"{destination} lists no filters: using the {len(filters)} "
                          "installed here")
-    report = check(src, dest, filters)
+    if src_kind == "stream":
+        report = check(src, dest, filters)
+    else:
+        from ..migration import plan_filters
+
+        if src_kind == "build":
+            own = gather_filters(registry)
+        elif isinstance(src.get("filters"), list):
+            own = filters_from_declarations(src["filters"])
+        else:
+            own = gather_filters(registry)
+        report = plan_filters(src, dest, filters, own,
+                              own_registry=registry if src_kind == "build" else None).report
     report.source = source
     report.destination = destination
     report.notes[:0] = notes

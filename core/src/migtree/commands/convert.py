@@ -86,8 +86,13 @@ def run(args: Any) -> int:
         target = open_target(args.target, registry, accept=args.accept)
     elif args.accept:
         args.convert_parser.error("--accept goes with --target")
-    src, header, tree = read_input(args.input, args.from_format, registry, known)
+    offsets: dict[str, int] = {}
+    src, header, tree = read_input(args.input, args.from_format, registry, known, offsets)
     info = sys.stderr if args.output == "-" else sys.stdout
+    if target is not None and src == "migtree":
+        from ..validate import validate_tree  # the stream's own layout, before filtering
+
+        validate_tree(tree, registry, header=header, offsets=offsets)
     if target is not None:
         filtered = _filter(tree, header, target, registry, args, info)
         if filtered is not None:
@@ -132,7 +137,8 @@ def _filter(tree: dict[str, Any], header: dict[str, Any], target: Any, registry:
 
 
 def read_input(name: str, from_format: str | None, registry: Any,
-               known: dict[str, Any]) -> tuple[str, dict[str, Any], dict[str, Any]]:
+               known: dict[str, Any], offsets: dict[str, int] | None = None,
+               ) -> tuple[str, dict[str, Any], dict[str, Any]]:
     """``(format, header, tree)`` of the input: sniffed, or read with the
     format ``--from`` names."""
     from ..errors import MigtreeError, StreamError
@@ -140,8 +146,8 @@ def read_input(name: str, from_format: str | None, registry: Any,
 
     if from_format is None:
         if name == "-":
-            return open_stream(sys.stdin.buffer, registry)
-        return open_stream(name, registry)
+            return open_stream(sys.stdin.buffer, registry, offsets=offsets)
+        return open_stream(name, registry, offsets=offsets)
     fmt = known[from_format]
     fp: IO[bytes] = sys.stdin.buffer if name == "-" else open(name, "rb")
     try:

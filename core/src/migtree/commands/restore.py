@@ -29,6 +29,7 @@ def run(args: Any) -> int:
     from .. import migration as M
     from .. import stream
     from ..engine import Destination, apply_filters, gather_filters
+    from ..errors import MigtreeError
     from ..formats import open_stream
     from ..progress import CountingReader, Progress
 
@@ -37,10 +38,21 @@ def run(args: Any) -> int:
     with open(args.stream, "rb") as fp, Progress(f"reading {args.stream}") as bar:
         if args.no_progress:
             bar.enabled = False
-        fmt, header, tree = open_stream(CountingReader(fp, bar), build.registry)
+        offsets: dict[str, int] = {}
+        fmt, header, tree = open_stream(CountingReader(fp, bar), build.registry,
+                                        offsets=offsets)
+    if fmt == "migtree":  # the stream's own layout, before any filter (migtree.validate)
+        from ..validate import validate_tree
+
+        validate_tree(tree, build.registry, header=header, offsets=offsets)
     freport = apply_filters(tree, Destination.of_build(build), gather_filters(build),
                             explain=args.explain)
-    lreport = stream.load(tree, build.root, registry=build.registry)
+    try:
+        lreport = stream.load(tree, build.root, registry=build.registry)
+    except MigtreeError as e:  # the destination's check, after the filters
+        from ..validate import with_offsets
+
+        raise with_offsets(e, offsets) from e
     report: dict[str, Any] = {"build": build.name, "backend": build.backend.name,
                               "stream": args.stream, "format": fmt,
                               "producer": header.get("producer"),
@@ -62,6 +74,7 @@ def run(args: Any) -> int:
         print("filters applied:")
         print("\n".join(A.format_filters(report["filters"])))
     print(f"loaded {len(lreport.loaded)} objects")
+    print("\n".join(A.format_stash(report["load"], indent="")))
     for name, summary in (report.get("workloads") or {}).items():
         print(f"workload {name}: {summary}")
     return 0

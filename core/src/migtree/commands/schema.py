@@ -12,6 +12,15 @@ check`` reads it, keep it stable)::
 
 where each FIELD is what a stream header's schemas hold
 (``migtree.visitor.schema_of``).
+
+``--build BUILD.toml`` describes one build as a destination, the way
+``migtree serve`` announces it in HELLO: the document gets ``name`` (the
+build's), ``objects`` (every path: type, the versions it loads, whether it
+has state) and ``filters`` (the declarations of every filter the build
+would run: the installed ones and its dynamic ones). Written on the host of
+an older build, it is what ``migtree check --from NEW.toml --to OLD.json``
+and ``migtree convert IN --target OLD.json`` need to judge a migration
+there exactly (docs/cli.md, "Who runs the filters").
 """
 
 from __future__ import annotations
@@ -28,6 +37,9 @@ def add_parser(subparsers: Any) -> None:
                               "-dump-vmstate, with the history of each type).")
     p.add_argument("types", nargs="*", metavar="TYPE", help="only these types (default: all)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.add_argument("--build", metavar="BUILD.toml",
+                   help="also describe this build as a destination: its objects and the "
+                        "filters it would run (what `serve` announces)")
     p.set_defaults(func=run)
 
 
@@ -54,10 +66,24 @@ def describe(registry: Any, names: list[str] | None = None) -> dict[str, Any]:
     return {"format": "migtree-schema", "types": types}
 
 
+def describe_build(path: str, registry: Any) -> dict[str, Any]:
+    """``name``, ``objects`` and ``filters`` of the build at *path*, as
+    ``migtree serve`` announces them (migration.describe_destination)."""
+    from ..build import load_build
+    from ..migration import describe_destination
+
+    hello = describe_destination(load_build(path, registry))
+    return {"name": hello["build"], "objects": hello["destination"]["objects"],
+            "filters": hello["filters"]}
+
+
 def run(args: Any) -> int:
     from ..plugins import get_registry
 
-    doc = describe(get_registry(), args.types)
+    registry = get_registry()
+    doc = describe(registry, args.types)
+    if args.build:
+        doc.update(describe_build(args.build, registry))
     if args.json:
         json.dump(doc, sys.stdout, indent=2)
         sys.stdout.write("\n")

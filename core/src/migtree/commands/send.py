@@ -9,6 +9,13 @@ acknowledgement. On any failure it resumes: the workloads finish here, on the
 source, with nothing lost. Exit status: 0 committed; 1 refused or failed (the
 source resumed); 3 committed but unconfirmed (the source stays stopped and
 keeps its state in a stream file, printed).
+
+``--listen ADDR`` turns the connection around (the destination then runs
+``migtree serve --connect ADDR``); the protocol is the same whoever listens.
+``--filter-on`` says who runs the filters: ``auto`` (default: the
+destination's filters when they reach, else the source's own -- how a newer
+build migrates to an older one that lacks the filter), ``source`` or
+``destination`` (docs/cli.md, "Who runs the filters").
 """
 
 from __future__ import annotations
@@ -24,7 +31,16 @@ def add_parser(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "send", help=HELP, description=HELP + ". ADDR as for `migtree serve`.")
     A.add_build_arg(p)
-    p.add_argument("--to", required=True, metavar="ADDR", help="the destination's address")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--to", metavar="ADDR", help="the destination's address")
+    where.add_argument("--listen", metavar="ADDR",
+                       help="wait here for the destination to connect (`migtree serve "
+                            "--connect ADDR`) instead")
+    p.add_argument("--ready-file", metavar="FILE",
+                   help="with --listen: write the address listened on to FILE once listening")
+    p.add_argument("--filter-on", choices=("auto", "source", "destination"), default="auto",
+                   help="who runs the filters: auto (default: the destination's when they "
+                        "reach, else this source's own), source, or destination")
     p.add_argument("--keep-dir", metavar="DIR",
                    help="where to keep the state if the commit goes unconfirmed "
                         "(default: the temporary directory)")
@@ -41,11 +57,14 @@ def run(args: Any) -> int:
     build = A.load(args)
     workloads = M.select_workloads(build, args.workload)
     M.run_workloads("start", build, workloads, args.seed)
-    chan = connect(args.to, tls=A.tls_config(args), allow_plaintext=args.allow_plaintext,
-                   timeout=args.timeout)
+    if args.listen:
+        chan = A.accept_one(args, build.name, "destination")
+    else:
+        chan = connect(args.to, tls=A.tls_config(args), allow_plaintext=args.allow_plaintext,
+                       timeout=args.timeout)
     with chan:
         res = M.send(build, chan, timeout=args.timeout, progress=not args.no_progress,
-                     keep_dir=args.keep_dir)
+                     keep_dir=args.keep_dir, filter_side=args.filter_on)
     report: dict[str, Any] = {"role": "source", "build": build.name,
                               "backend": build.backend.name, "notes": build.notes,
                               "workload_seed": args.seed, **res.as_dict()}
@@ -72,6 +91,9 @@ def format_report(r: dict[str, Any]) -> str:
              + (f" -- to {dst.get('build')} ({dst.get('backend')})" if dst else "")]
     if r.get("error"):
         lines.append(f"  {r['error']}")
+    if r.get("source_filters"):
+        lines.append("filters applied on the source (the destination lacks them):")
+        lines.extend(A.format_filters(r["source_filters"]))
     if r.get("loaded"):
         lines.append("filters applied on the destination:")
         lines.extend(A.format_filters(r["loaded"].get("filters")))

@@ -7,6 +7,10 @@ it has (HELLO: types, objects, filters), receives the stream, filters it,
 loads it all-or-nothing, acknowledges, and on COMMIT runs: the named
 workloads ``finish`` what the source started. Exit status 0 when the
 migration committed, 1 otherwise (the build then holds what it held before).
+
+``--connect ADDR`` turns the connection around: the source listens
+(``migtree send --listen ADDR``) and this destination connects; the
+protocol is the same whoever listens.
 """
 
 from __future__ import annotations
@@ -26,7 +30,13 @@ def add_parser(subparsers: Any) -> None:
         "--allow-plaintext) or file:DIR (a rendezvous directory). Port 0 picks a free port; "
         "the address actually listened on is printed on stderr and written to --ready-file.")
     A.add_build_arg(p)
-    p.add_argument("--listen", required=True, metavar="ADDR", help="where to wait")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--listen", metavar="ADDR", help="where to wait")
+    where.add_argument("--connect", metavar="ADDR",
+                       help="connect to a source waiting there (`migtree send --listen`) "
+                            "instead of listening")
+    p.add_argument("--server-name", help="with --connect to a tls: address: the name the "
+                                         "source's certificate must carry")
     p.add_argument("--ready-file", metavar="FILE",
                    help="write the address listened on to FILE once listening (for scripts)")
     p.add_argument("--explain", action="store_true",
@@ -39,32 +49,26 @@ def add_parser(subparsers: Any) -> None:
 
 def run(args: Any) -> int:
     from .. import migration as M
-    from ..transport import Address, Listener
-
     build = A.load(args)
     workloads = M.select_workloads(build, args.workload)
     snapshot = M.Snapshot(build)
-    listener = Listener(Address.parse(args.listen), tls=A.tls_config(args),
-                        allow_plaintext=args.allow_plaintext)
-    try:
-        A.note(f"{build.name}: listening on {listener.address}")
-        if args.ready_file:
-            from pathlib import Path
+    if args.connect:
+        from ..transport import connect
 
-            tmp = Path(args.ready_file + ".tmp")
-            tmp.write_text(f"{listener.address}\n")
-            tmp.replace(args.ready_file)
-        chan = listener.accept(timeout=args.timeout)
-    finally:
-        listener.close()
+        chan = connect(args.connect, tls=A.tls_config(args),
+                       allow_plaintext=args.allow_plaintext, timeout=args.timeout)
+        refused: list[Any] = []
+        A.note(f"{build.name}: connected to the source at {chan.peer}")
+    else:
+        chan = A.accept_one(args, build.name, "source")
+        refused = chan.refused_peers  # type: ignore[attr-defined]
     with chan:
-        A.note(f"{build.name}: source connected from {chan.peer}")
         res = M.receive(build, chan, timeout=args.timeout, explain=args.explain,
                         progress=not args.no_progress, snapshot=snapshot)
     snapshot.close()
     report: dict[str, Any] = {"role": "destination", "build": build.name,
                               "backend": build.backend.name, "notes": build.notes,
-                              "refused_peers": listener.refused, **res.as_dict()}
+                              "refused_peers": refused, **res.as_dict()}
     ok = res.committed
     if res.committed and workloads:
         try:
@@ -90,6 +94,8 @@ def format_report(r: dict[str, Any]) -> str:
     if r.get("filters"):
         lines.append("filters applied:")
         lines.extend(A.format_filters(r["filters"]))
+    if r.get("load") is not None:
+        lines.extend(A.format_stash(r["load"]))
     lines.append(f"stream: {A.human_bytes(r.get('stream_bytes'))}")
     for name, summary in (r.get("workloads") or {}).items():
         lines.append(f"workload {name}: {summary}")

@@ -17,7 +17,8 @@
 * forward, ``apic@1 -> apic@2``: ``timer`` is -1 (no pending expiry: QEMU's
   ``apic_load_old`` does not restore the timer from a version 1 stream, so
   the guest's next timer write re-arms it), unless the stash holds one;
-* backward, ``apic@2 -> apic@1``: ``timer`` goes to the stash.
+* backward, ``apic@2 -> apic@1``: ``timer`` goes to the stash, unless it is
+  -1 (what the way up gives anyway), so v1 -> v2 -> v1 leaves no stash.
 
 Each filter is a plain ``func(node, ctx)``: it checks the fields it moves and
 raises :class:`~migtree.errors.FilterError` naming the path and the field
@@ -125,7 +126,9 @@ def v1_to_v2(node: dict[str, Any], ctx: Any) -> dict[str, Any]:
 
 
 def v2_to_v1(node: dict[str, Any], ctx: Any) -> dict[str, Any]:
-    _stash_put(node, ctx, "timer", _take(node, "timer", ctx))
+    timer = _take(node, "timer", ctx)
+    if timer != -1:  # -1 is what the way up gives anyway: stashing it would leave a residue
+        _stash_put(node, ctx, "timer", timer)
     return _ordered(node, 1)
 
 
