@@ -378,7 +378,7 @@ def compile_path_pattern(pattern: str) -> re.Pattern[str]:
 
 
 def _match_path(rx: re.Pattern[str], path: str) -> bool:
-    return rx.match("" if path == "/" else path) is not None
+    return rx.fullmatch("" if path == "/" else path) is not None
 
 
 def _decl(f: Filter) -> tuple:
