@@ -523,7 +523,8 @@ def _check_meta(meta: Any) -> None:
             if type(e[1]) is int and 0 <= e[1] < 1 << 16 and isinstance(e[2], (bytes, list)) \
                     and len(e[2]) < 1 << 16:
                 continue
-        elif isinstance(e, (list, tuple)) and len(e) == 5 and e[0] in _KIND_CODES:
+        elif isinstance(e, (list, tuple)) and len(e) == 5 and type(e[0]) is str \
+            and e[0] in _KIND_CODES:
             _, sid, idstr, inst, footer = e
             if type(sid) is int and 0 <= sid < 1 << 32 and type(idstr) is str \
                     and 0 < len(idstr.encode("latin-1", "replace")) < 256 \
