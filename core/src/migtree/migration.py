@@ -55,6 +55,7 @@ from typing import Any
 
 import attrs
 
+from . import protocol
 from . import transport as tp
 from .errors import MigtreeError
 from .progress import Progress
@@ -62,7 +63,8 @@ from .progress import Progress
 log = logging.getLogger("migtree.migration")
 
 #: the migration protocol's version, in HELLO; a mismatch is refused up front
-PROTOCOL = 1
+#: (2: every message declared in migtree.protocol, with session nonces)
+PROTOCOL = 2
 #: seconds either side waits for the next frame before it gives up (a
 #: failure guard against a peer that hangs, not a tuning knob)
 DEFAULT_TIMEOUT = 120.0
@@ -211,6 +213,12 @@ def send(build: Any, chan: tp.Channel, *, timeout: float = DEFAULT_TIMEOUT,
     says what happened; raises only for programming errors.
     """
     res = SourceResult()
+    session = protocol.Session(PROTOCOL)
+    chan.validator = session
+    source_nonce = protocol.new_nonce()
+    # what the destination sends after OFFER must name this source's session
+    for name in ("LOADED", "DONE", "FAILED"):
+        session.expect[name] = source_nonce
     try:
         kind, hello = chan.recv_msg(timeout)
         if kind == tp.FAILED:
@@ -236,7 +244,9 @@ def send(build: Any, chan: tp.Channel, *, timeout: float = DEFAULT_TIMEOUT,
                                  "backend": build.backend.name,
                                  "plugins": {n: r.version for n, r in
                                              sorted(build.registry.plugins.items())
-                                             if r.error is None}})
+                                             if r.error is None},
+                                 "session": hello["session"],
+                                 "source_session": source_nonce})
     except PreflightRefused as e:
         with contextlib.suppress(tp.TransportError):
             chan.send_msg(tp.ABORT, {"error": str(e)})
@@ -244,6 +254,8 @@ def send(build: Any, chan: tp.Channel, *, timeout: float = DEFAULT_TIMEOUT,
         return res
     except MigtreeError as e:  # before the pause: nothing to resume
         res.outcome, res.error = "refused", f"before pausing: {e}"
+        with contextlib.suppress(tp.TransportError):  # the destination need not wait
+            chan.send_msg(tp.ABORT, {"error": res.error})
         return res
     finally:
         res.wire_bytes_sent, res.wire_bytes_received = chan.bytes_sent, chan.bytes_received
@@ -282,7 +294,7 @@ def send(build: Any, chan: tp.Channel, *, timeout: float = DEFAULT_TIMEOUT,
                 raise MigrationError(f"the source could not write its state: {why}") from e
         res.stream_bytes = writer.total
         res.save_s = time.monotonic() - t_pause
-        chan.send_msg(tp.END, {"bytes": writer.total})
+        chan.send_msg(tp.END, {"bytes": writer.total, "session": hello["session"]})
         events("sent", bytes=writer.total)
         kind, msg = chan.recv_msg(timeout)
         if kind == tp.FAILED:
@@ -294,7 +306,7 @@ def send(build: Any, chan: tp.Channel, *, timeout: float = DEFAULT_TIMEOUT,
         events("loaded", report=msg)
         # The point of no return: once COMMIT is handed to the kernel whole,
         # the destination may run, so the source must not.
-        chan.send_msg(tp.COMMIT, {})
+        chan.send_msg(tp.COMMIT, {"session": hello["session"]})
         committed = True
         events("committed")
         try:
@@ -461,10 +473,17 @@ def receive(build: Any, chan: tp.Channel, *, timeout: float = DEFAULT_TIMEOUT,
 
     res = DestResult()
     own_snapshot = snapshot is None
+    session = protocol.Session(PROTOCOL)
+    chan.validator = session
+    nonce = protocol.new_nonce()
+    # what the source sends after HELLO must name this destination's session
+    for name in ("OFFER", "END", "COMMIT", "ABORT"):
+        session.expect[name] = nonce
+    source_nonce: str | None = None
     try:
         if snapshot is None:
             snapshot = Snapshot(build)
-        chan.send_msg(tp.HELLO, describe_destination(build))
+        chan.send_msg(tp.HELLO, {**describe_destination(build), "session": nonce})
         events("hello")
         res.stage = "pre-flight"
         kind, msg = chan.recv_msg(timeout)
@@ -475,6 +494,7 @@ def receive(build: Any, chan: tp.Channel, *, timeout: float = DEFAULT_TIMEOUT,
         if kind != tp.OFFER:
             raise tp.ProtocolError(f"expected OFFER or ABORT, got {tp.KIND_NAMES[kind]}")
         res.source = {k: msg.get(k) for k in ("build", "backend", "plugins")}
+        source_nonce = msg["source_session"]
         events("offer", offer=msg)
 
         res.stage = "stream"
@@ -516,7 +536,9 @@ def receive(build: Any, chan: tp.Channel, *, timeout: float = DEFAULT_TIMEOUT,
             res.outcome = "failed"
         if not isinstance(e, tp.TransportError):
             with contextlib.suppress(tp.TransportError):
-                chan.send_msg(tp.FAILED, {"stage": res.stage, "error": res.error})
+                chan.send_msg(tp.FAILED, {"stage": res.stage, "error": res.error,
+                                          **({"session": source_nonce} if source_nonce
+                                             else {})})
         res.wire_bytes_received = chan.bytes_received
         if own_snapshot and snapshot is not None:
             snapshot.close()
@@ -526,7 +548,8 @@ def receive(build: Any, chan: tp.Channel, *, timeout: float = DEFAULT_TIMEOUT,
     res.stage = "commit"
     try:
         chan.send_msg(tp.LOADED, {"filters": res.filters, "load": res.load,
-                                  "stream_bytes": res.stream_bytes, "timings": res.timings})
+                                  "stream_bytes": res.stream_bytes, "timings": res.timings,
+                                  "session": source_nonce})
         kind, _ = chan.recv_msg(timeout)
         if kind != tp.COMMIT:
             raise tp.ProtocolError(f"expected COMMIT, got {tp.KIND_NAMES[kind]}")
@@ -546,7 +569,7 @@ def receive(build: Any, chan: tp.Channel, *, timeout: float = DEFAULT_TIMEOUT,
     res.stage = None
     events("commit")
     with contextlib.suppress(tp.TransportError):
-        chan.send_msg(tp.DONE, {})
+        chan.send_msg(tp.DONE, {"session": source_nonce})
     res.wire_bytes_received = chan.bytes_received
     return res
 

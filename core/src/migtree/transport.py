@@ -48,6 +48,7 @@ from typing import Any
 
 import attrs
 
+from . import files
 from .errors import MigtreeError
 
 log = logging.getLogger("migtree.transport")
@@ -235,6 +236,9 @@ class Channel(ABC):
         self.data_sent = 0
         self.data_received = 0
         self._preamble_checked = False
+        #: checks every decoded control message (migtree.protocol.validate
+        #: once a migration runs over this channel); None: any JSON object
+        self.validator: Any = None
 
     # raw bytes (subclasses)
     @abstractmethod
@@ -282,7 +286,14 @@ class Channel(ABC):
         kind, payload = self.recv(timeout)
         if kind == DATA:
             return kind, payload
-        return kind, decode_msg(kind, payload)
+        return kind, self.decode(kind, payload)
+
+    def decode(self, kind: int, payload: bytes) -> Any:
+        """A control frame's JSON, checked by :attr:`validator` if set."""
+        msg = decode_msg(kind, payload)
+        if self.validator is not None:
+            self.validator(kind, msg)
+        return msg
 
     def __enter__(self) -> Channel:
         return self
@@ -473,7 +484,7 @@ class DirChannel(Channel):
             time.sleep(delay)
             delay = min(delay * 2, self.POLL_MAX)
         try:
-            with open(path, "rb") as f:
+            with files.open_nofollow(path) as f:  # a planted symlink is refused
                 head = f.read(_HEADER.size)
                 if len(head) != _HEADER.size:
                     raise ProtocolError(f"{path}: truncated frame header")
@@ -484,6 +495,8 @@ class DirChannel(Channel):
                 raise ProtocolError(f"{path}: frame holds {len(payload)} bytes, its header "
                                     f"says {length}")
             path.unlink()
+        except files.UnsafePath as e:
+            raise ProtocolError(str(e)) from None
         except OSError as e:
             raise PeerClosed(f"cannot read {path}: {_why(e)}") from None
         self._in += 1
@@ -491,8 +504,9 @@ class DirChannel(Channel):
 
     def _peer_gone(self) -> bool:
         try:
-            host, pid = (self.dir / f"{self.other}.pid").read_text().split()
-        except (OSError, ValueError):
+            with files.open_nofollow(self.dir / f"{self.other}.pid") as f:
+                host, pid = f.read(256).decode().split()
+        except (OSError, ValueError, files.UnsafePath):
             return False  # not there yet (or another host's format): rely on the timeout
         if host != socket.gethostname():
             return False
@@ -521,10 +535,8 @@ def _is_zombie(pid: int) -> bool:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+    # private (0600), O_EXCL|O_NOFOLLOW under a fresh name, renamed into place
+    files.write_atomic(path, data)
 
 
 # -- listening and connecting -------------------------------------------------------------
@@ -545,7 +557,11 @@ class Listener:
         self._unix_path: Path | None = None
         if addr.scheme == "file":
             d = Path(addr.path or "")
-            d.mkdir(parents=True, exist_ok=True)
+            d.parent.mkdir(parents=True, exist_ok=True)
+            try:  # created 0700, or an existing one that is private to us
+                files.private_dir(d)
+            except files.UnsafePath as e:
+                raise TransportError(f"{addr}: {e}") from None
             stale = [p.name for p in d.iterdir()]
             if stale:
                 raise TransportError(f"{addr}: the rendezvous directory is not empty "
@@ -702,6 +718,10 @@ def connect(addr: Address | str, *, tls: TlsConfig | None = None, allow_plaintex
                 raise TransportError(f"{addr}: no destination appeared there within "
                                      f"{timeout:.0f}s")
             time.sleep(0.01)
+        try:  # the destination made it private; anything else is not its directory
+            files.private_dir(d, create=False)
+        except files.UnsafePath as e:
+            raise TransportError(f"{addr}: {e}") from None
         return DirChannel(d, "s")
     try:
         if addr.scheme == "unix":
@@ -769,7 +789,7 @@ def raise_remote(chan: Channel, timeout: float = 5.0) -> None:
     closed, :class:`ProtocolError` otherwise."""
     kind, payload = chan.recv(timeout)
     if kind in (FAILED, ABORT):
-        msg = decode_msg(kind, payload)
+        msg = chan.decode(kind, payload)
         raise RemoteAbort(str(msg.get("error") or msg.get("reason") or "aborted"), msg)
     raise ProtocolError(f"unexpected {KIND_NAMES[kind]} frame while sending the stream")
 
@@ -787,13 +807,13 @@ def iter_data(chan: Channel, timeout: float | None) -> Iterator[bytes]:
             yield payload
             continue
         if kind == END:
-            msg = decode_msg(kind, payload)
+            msg = chan.decode(kind, payload)
             if msg.get("bytes") != got:
                 raise ProtocolError(f"the source says it sent {msg.get('bytes')} bytes, "
                                     f"{got} arrived")
             return
         if kind in (ABORT, FAILED):
-            msg = decode_msg(kind, payload)
+            msg = chan.decode(kind, payload)
             raise RemoteAbort(str(msg.get("error") or msg.get("reason") or "aborted"), msg)
         raise ProtocolError(f"expected DATA or END, got {KIND_NAMES[kind]}")
 

@@ -96,8 +96,9 @@ def dump_state(build: Any, path: str | None) -> None:
     if not path:
         return
     from .. import stream
+    from ..files import atomic_output
 
-    with open(path, "wb") as fp:
+    with atomic_output(path) as fp:  # private; a failed write leaves the old file
         stream.save(build.root, fp, registry=build.registry, build_name=build.name)
 
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 from typing import IO, Any
 
 HELP = "convert a stream between migtree's format and a foreign one (QEMU)"
@@ -229,16 +228,9 @@ def write_output(output: str, fmt: Any, header: dict[str, Any],
         fmt.write(out, header, tree)
         sys.stdout.buffer.flush()
         return out.size
+    from ..files import atomic_output
+
     target = os.path.abspath(output)
-    fd, tmp = tempfile.mkstemp(prefix=".migtree-convert-", dir=os.path.dirname(target))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fmt.write(f, header, tree)
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    with atomic_output(target) as f:  # private, and the old OUT stays if this fails
+        fmt.write(f, header, tree)
     return os.path.getsize(target)

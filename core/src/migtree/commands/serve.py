@@ -49,11 +49,9 @@ def run(args: Any) -> int:
     try:
         A.note(f"{build.name}: listening on {listener.address}")
         if args.ready_file:
-            from pathlib import Path
+            from ..files import write_atomic
 
-            tmp = Path(args.ready_file + ".tmp")
-            tmp.write_text(f"{listener.address}\n")
-            tmp.replace(args.ready_file)
+            write_atomic(args.ready_file, f"{listener.address}\n".encode())
         chan = listener.accept(timeout=args.timeout)
     finally:
         listener.close()
