@@ -27,6 +27,8 @@ import os
 import sys
 from typing import IO, Any
 
+from ..textsafe import safe_block, safe_lines
+
 HELP = "convert a stream between migtree's format and a foreign one (QEMU)"
 
 #: extensions that mean the migtree format
@@ -115,15 +117,15 @@ def _filter(tree: dict[str, Any], header: dict[str, Any], target: Any, registry:
     try:
         report, notes = filter_to_target(tree, target, registry, explain=args.explain)
     except FilterError as e:
-        print(f"migtree convert: refused, nothing written: {e}", file=sys.stderr)
+        print(f"migtree convert: refused, nothing written: {safe_lines(e)}", file=sys.stderr)
         return 1
     if args.explain:
-        print(report.format_text(), file=info)
+        print(safe_block(report.format_text()), file=info)
     else:
         print(f"{target.name}: {len(report.applications)} filter application(s) "
               f"at {len(report.chains())} path(s)", file=info)
     for note in notes:
-        print(f"note: {note}", file=info)
+        print(f"note: {safe_lines(note)}", file=info)
     schemas = getattr(target, "schemas", None)
     if schemas is not None and isinstance(header, dict):
         header["schemas"] = schemas(tree)
