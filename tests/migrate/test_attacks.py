@@ -236,3 +236,77 @@ def test_save_and_dump_state_are_atomic_and_private(build, tmp_path, monkeypatch
     with pytest.raises(OSError):
         _migargs.dump_state(build, str(out))
     assert out.read_bytes() == good
+
+
+# -- concurrent handshakes ---------------------------------------------------------------------
+
+def _silent(addr: Address, n: int) -> list[socket.socket]:
+    """n connections that never say a word (they stay open)."""
+    out = []
+    for _ in range(n):
+        if addr.scheme == "unix":
+            s = socket.socket(socket.AF_UNIX)
+            s.connect(addr.path)
+        else:
+            s = socket.create_connection((addr.host, addr.port))
+        out.append(s)
+    return out
+
+
+def _real_source(addr, got, **kw):
+    try:
+        chan = tp.connect(addr, timeout=60, **kw)
+        got["local"] = chan.sock.getsockname()
+        got["chan"] = chan
+    except Exception as e:  # reported to the test
+        got["error"] = e
+
+
+@pytest.mark.parametrize("scheme", ["tcp", "unix", "tls"])
+def test_silent_intruders_do_not_delay_the_real_source(scheme, short_tmp, certs, monkeypatch):
+    """Before, each silent peer held the listener for HANDSHAKE_TIMEOUT, one
+    after the other; with that set to an hour this test could not finish."""
+    from test_transport import tls_pair
+
+    monkeypatch.setattr(tp, "HANDSHAKE_TIMEOUT", 3600.0)
+    server, client = tls_pair(certs) if scheme == "tls" else (None, None)
+    addr = {"tcp": Address.parse("tcp:127.0.0.1:0"), "tls": Address.parse("tls:127.0.0.1:0"),
+            "unix": Address("unix", path=str(short_tmp / "s.sock"))}[scheme]
+    with tp.Listener(addr, tls=server, allow_plaintext=True) as lst:
+        intruders = _silent(lst.address, 4)
+        got: dict = {}
+        kw = {"tls": client} if scheme == "tls" else {"allow_plaintext": True}
+        th = threading.Thread(target=_real_source, args=(lst.address, got), kwargs=kw)
+        th.start()
+        try:
+            chan = lst.accept(timeout=120)
+        finally:
+            th.join(60)
+        assert "error" not in got, got
+        if scheme != "unix":  # the winner is the real source, not an intruder
+            assert chan.sock.getpeername() == got["local"]
+        chan.close()
+        got["chan"].close()
+        for s in intruders:
+            s.close()
+
+
+def test_the_accept_deadline_is_kept_with_a_silent_peer_connected(monkeypatch):
+    monkeypatch.setattr(tp, "HANDSHAKE_TIMEOUT", 3600.0)
+    with tp.Listener(Address.parse("tcp:127.0.0.1:0"), allow_plaintext=True) as lst:
+        intruders = _silent(lst.address, 2)
+        with pytest.raises(tp.TransportError, match="no source connected within 1s"):
+            lst.accept(timeout=1)
+        for s in intruders:
+            s.close()
+
+
+def test_too_many_pending_handshakes_are_shed(monkeypatch):
+    monkeypatch.setattr(tp, "MAX_PENDING_HANDSHAKES", 2)
+    with tp.Listener(Address.parse("tcp:127.0.0.1:0"), allow_plaintext=True) as lst:
+        intruders = _silent(lst.address, 5)
+        with pytest.raises(tp.TransportError, match="no source connected"):
+            lst.accept(timeout=2)
+        assert sum("too many handshakes" in r for r in lst.refused) >= 1, lst.refused
+        for s in intruders:
+            s.close()

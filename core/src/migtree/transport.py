@@ -40,6 +40,7 @@ import socket
 import ssl
 import stat
 import struct
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
@@ -69,6 +70,8 @@ MAX_DATA_FRAME = 4 << 20
 MAX_CONTROL_FRAME = 16 << 20
 #: how long a listener waits for a TLS handshake before dropping the peer
 HANDSHAKE_TIMEOUT = 30.0
+#: handshakes a listener runs at once; more connections are closed at once
+MAX_PENDING_HANDSHAKES = 32
 
 
 class TransportError(MigtreeError):
@@ -579,44 +582,114 @@ class Listener:
         return self._sock.fileno() if self._sock else -1
 
     def accept(self, timeout: float | None = None) -> Channel:
+        """The first connection whose handshake (TLS, preamble) completes.
+
+        Handshakes run concurrently, each in its own thread with its own
+        deadline (HANDSHAKE_TIMEOUT, and never past this call's deadline): a
+        silent or slow peer -- or many -- cannot hold the listener while a
+        real source waits, and ``timeout`` is kept exactly. At most
+        MAX_PENDING_HANDSHAKES are in flight; a connection beyond that is
+        closed at once. Handshakes still running when one wins are cut off."""
         addr = self.address
         if addr.scheme == "file":
             return DirChannel(Path(addr.path or ""), "d")
         deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            sock = self._sock
-            if sock is None:
-                raise TransportError(f"{addr}: the listener was closed")
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            if left == 0.0:
-                raise TransportError(f"{addr}: no source connected within {timeout:.0f}s")
-            try:
-                sock.settimeout(left)
-                conn, raddr = sock.accept()
-            except TimeoutError:
-                continue
-            except OSError as e:
-                if self._sock is None:  # closed from another thread
-                    raise TransportError(f"{addr}: the listener was closed") from None
-                raise TransportError(f"{addr}: accept failed: {_why(e)}") from None
+        won: list[Channel] = []
+        pending: dict[socket.socket, threading.Thread] = {}
+        lock = threading.Lock()
+        state = {"open": True}
+        wake_r, wake_w = os.pipe()
+
+        def handshake(conn: socket.socket, raddr: Any) -> None:
+            raw = conn  # the key in pending (conn becomes the TLS socket)
             peer = _peer_name(addr, raddr)
+            until = time.monotonic() + HANDSHAKE_TIMEOUT
+            if deadline is not None:
+                until = min(until, deadline)
             try:
-                conn.settimeout(HANDSHAKE_TIMEOUT)
+                conn.settimeout(max(0.001, until - time.monotonic()))
                 if self._ctx is not None:
                     conn = self._ctx.wrap_socket(conn, server_side=True)
                     peer = f"{peer} ({_subject(conn)})"
                 elif addr.scheme == "tcp" and not is_loopback_host(str(raddr[0])):
                     raise InsecureTransport(f"plaintext connection from non-loopback {peer}")
-                chan = SocketChannel(conn, peer).start(HANDSHAKE_TIMEOUT)
-            except (ssl.SSLError, OSError, TransportError) as e:
+                chan = SocketChannel(conn, peer).start(max(0.001, until - time.monotonic()))
+            except (ssl.SSLError, OSError, TransportError, ValueError) as e:
                 reason = _why(e) if not isinstance(e, TransportError) else str(e)
-                self.refused.append(f"{peer}: {reason}")
-                log.warning("refused a connection from %s: %s", peer, reason)
+                with lock:
+                    if state["open"]:
+                        self.refused.append(f"{peer}: {reason}")
+                        log.warning("refused a connection from %s: %s", peer, reason)
                 with contextlib.suppress(OSError):
                     conn.close()
-                continue
-            log.info("accepted a source from %s", peer)
-            return chan
+                return
+            finally:
+                with lock:
+                    pending.pop(raw, None)
+            with lock:
+                if state["open"] and not won:
+                    won.append(chan)
+                    with contextlib.suppress(OSError):
+                        os.write(wake_w, b"!")
+                    return
+            chan.close()  # another source won, or accept() gave up
+
+        try:
+            while True:
+                with lock:
+                    if won:
+                        log.info("accepted a source from %s", won[0].peer)
+                        return won[0]
+                sock = self._sock
+                if sock is None:
+                    raise TransportError(f"{addr}: the listener was closed")
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                if left == 0.0:
+                    raise TransportError(f"{addr}: no source connected within {timeout:.0f}s")
+                try:
+                    ready, _, _ = select.select([sock, wake_r], [], [], left)
+                except (OSError, ValueError):
+                    if self._sock is None:  # closed from another thread
+                        raise TransportError(f"{addr}: the listener was closed") from None
+                    raise
+                if wake_r in ready:
+                    os.read(wake_r, 64)
+                    continue
+                if sock not in ready:
+                    continue
+                try:
+                    sock.setblocking(False)
+                    conn, raddr = sock.accept()
+                    conn.setblocking(True)
+                except (BlockingIOError, InterruptedError):
+                    continue
+                except OSError as e:
+                    if self._sock is None:  # closed from another thread
+                        raise TransportError(f"{addr}: the listener was closed") from None
+                    raise TransportError(f"{addr}: accept failed: {_why(e)}") from None
+                with lock:
+                    crowded = len(pending) >= MAX_PENDING_HANDSHAKES
+                    if crowded:
+                        self.refused.append(f"{_peer_name(addr, raddr)}: too many handshakes "
+                                            "in progress")
+                if crowded:
+                    with contextlib.suppress(OSError):
+                        conn.close()
+                    continue
+                th = threading.Thread(target=handshake, args=(conn, raddr), daemon=True,
+                                      name=f"migtree-handshake-{_peer_name(addr, raddr)}")
+                with lock:
+                    pending[conn] = th
+                th.start()
+        finally:
+            with lock:
+                state["open"] = False
+                losers = list(pending)
+            for conn in losers:  # cut off handshakes still running
+                with contextlib.suppress(OSError):
+                    conn.shutdown(socket.SHUT_RDWR)
+            os.close(wake_r)
+            os.close(wake_w)
 
     def close(self) -> None:
         """Stop listening; an :meth:`accept` blocked in another thread returns
