@@ -107,3 +107,19 @@ def test_the_fuzz_cases_are_json(tmp_path):
     from migtree.errors import MigtreeError
     with pytest.raises(MigtreeError):
         jsonview.stream_from_json(json.loads('{"tree": {"$blob": {"size": 1}}}'))
+
+
+def test_check_to_a_deeply_nested_description_is_a_clean_error(tmp_path, capsys):
+    from migtree.cli import main
+
+    src = _build_file(tmp_path, (EXAMPLES / "userspace-split.toml").read_text())
+    deep = tmp_path / "deep.json"
+    deep.write_text('{"format": "migtree-schema", "types": ' + "[" * 3000 + "]" * 3000 + "}")
+    assert main(["check", "--from", str(src), "--to", str(deep)]) == 1
+    err = capsys.readouterr().err
+    assert "nested too deeply" in err and "Traceback" not in err
+
+
+def test_a_deeply_nested_build_file_is_a_build_error(tmp_path):
+    with pytest.raises(BuildError, match="nested too deeply"):
+        load_build(_build_file(tmp_path, "[a]\nb = " + "[" * 5000 + "]" * 5000 + "\n"))

@@ -628,14 +628,20 @@ def _protocol_seeds() -> list[bytes]:
         hello = migration.describe_destination(b)
         from migtree.build import close_objects
         close_objects(b.root)
-    msgs = [("HELLO", hello),
+    n = "0123456789abcdef" * 2
+    app = {"filter": "f", "plugin": "p", "kind": "static", "path": "/machine/x",
+           "before": "a@1", "after": "b@1", "reason": "destination"}
+    msgs = [("HELLO", {**hello, "session": n}),
             ("OFFER", {"protocol": migration.PROTOCOL, "build": "x", "backend": "userspace",
-                       "plugins": {"migtree": "0.1"}}),
-            ("LOADED", {"filters": {"applied": []}, "load": {"objects": 3},
-                        "stream_bytes": 100, "timings": {"load_s": 0.1}}),
+                       "plugins": {"migtree": "0.1"}, "session": n, "source_session": n}),
+            ("LOADED", {"filters": {"destination": "d", "nodes": 3, "applications": [app],
+                                    "chains": {"/machine/x": ["f"]}},
+                        "load": {"objects": 3}, "stream_bytes": 100,
+                        "timings": {"load_s": 0.1}, "session": n}),
             ("FAILED", {"stage": "load", "error": "no"}),
             ("ABORT", {"error": "no", "check": {}}),
-            ("END", {"bytes": 10}), ("COMMIT", {}), ("DONE", {})]
+            ("END", {"bytes": 10, "session": n}), ("COMMIT", {"session": n}),
+            ("DONE", {"session": n})]
     return [json.dumps({"kind": k, "msg": m}, default=str).encode() for k, m in msgs]
 
 
@@ -663,9 +669,32 @@ def _run_protocol(data: bytes) -> None:
     except (ValueError, KeyError, TypeError, RecursionError) as e:
         raise MigtreeError(f"not a case: {e}") from None
     msg = tp.decode_msg(kind, payload)
-    validate = getattr(tp, "validate_msg", None)
-    if validate is not None:
-        validate(kind, msg)
+    from migtree import migration, protocol
+    # what a side does with a message is only ever done after this check
+    protocol.Session(migration.PROTOCOL)(kind, msg)
+    _use_message(doc["kind"], msg)
+
+
+def _use_message(kind: str, msg: dict) -> None:
+    """What the two sides read from an accepted message: the source's
+    pre-flight on HELLO and its report on LOADED must not fail on it."""
+    from migtree.commands import _migargs
+    from migtree.commands.send import format_report
+    from migtree.errors import MigtreeError
+    if kind == "HELLO":
+        from migtree.engine import Destination, SchemaDumpError, filters_from_declarations
+        try:
+            Destination.of_schema(msg["destination"] or {}, name=msg["build"])
+            filters_from_declarations(msg["filters"])
+        except SchemaDumpError as e:
+            raise MigtreeError(str(e)) from None
+    if kind == "LOADED":
+        report = {"role": "source", "build": "b", "backend": "x", "outcome": "committed",
+                  "destination": {"build": "d"}, "loaded": msg}
+        with open(os.devnull, "w") as null:
+            import contextlib
+            with contextlib.redirect_stdout(null):
+                _migargs.print_report(report, False, format_report)
 
 
 # build files ----------------------------------------------------------------------------------

@@ -139,6 +139,8 @@ def load_build(source: Any, registry: Any = None, *, allow_fallback: bool = True
             raise BuildError(f"{where}: cannot read it: {e.strerror or e}") from None
         except tomllib.TOMLDecodeError as e:
             raise BuildError(f"{where}: not valid TOML: {e}") from None
+        except RecursionError:
+            raise BuildError(f"{where}: nested too deeply to be a build file") from None
 
     def fail(key: str, message: str) -> BuildError:
         return BuildError(f"{where}: {key}: {message}")
