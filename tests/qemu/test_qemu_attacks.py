@@ -142,3 +142,21 @@ def test_a_pipe_is_spooled_only_up_to_the_limit():
     with pytest.raises(QemuStreamError, match="longer than the limit of 1000 bytes"):
         qevm.load(io.BufferedReader(Pipe()), ram="skip", max_size=1000)
     assert qevm.load(io.BufferedReader(Pipe()), ram="copy").size == len(data)
+
+
+def test_many_tiny_sections_cost_a_bounded_multiple_of_their_size():
+    from test_qemu_codec_synthetic import _config
+
+    from migtree_qemu.qevm import READ_BYTES_BASE, READ_BYTES_PER_INPUT_BYTE, QemuStream, Section
+    from migtree_qemu.vmstate import Field, VMStateObject
+
+    items = [Section(qevm.SECTION_FULL, i + 1, "d", i, 1,
+                     VMStateObject("d", 1, [Field("x", "uint8", 1)])) for i in range(20000)]
+    data = qevm.dumps(QemuStream(configuration=_config(), items=items))
+    tracemalloc.start()
+    try:
+        qevm.loads(data, ram="skip")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak <= READ_BYTES_PER_INPUT_BYTE * len(data) + READ_BYTES_BASE, peak / len(data)

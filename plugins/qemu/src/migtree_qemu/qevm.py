@@ -517,6 +517,13 @@ def load(
     return stream
 
 
+#: the reader's memory bound (docs/wire-format.md, "Cost"): Python objects
+#: kept while decoding, per input byte (RAM pages with ram="copy" are their
+#: own size on top; "reference" and "skip" keep none). Measured worst case,
+#: many one-byte device sections: about 22
+READ_BYTES_PER_INPUT_BYTE = 64
+READ_BYTES_BASE = 1 << 20
+
 #: the largest QEMU stream read (the same bound as the migtree format's
 #: Limits.max_total_size): a file above it is refused, and a pipe is spooled
 #: to a temporary file only up to it
