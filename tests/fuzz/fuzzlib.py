@@ -697,6 +697,127 @@ def _use_message(kind: str, msg: dict) -> None:
                 _migargs.print_report(report, False, format_report)
 
 
+# a whole session against a hostile destination ------------------------------------------------
+
+_BUILD: list[Any] = []
+_TMP: list[Any] = []
+
+
+def _source_build() -> Any:
+    """One build for every case (made in the parent, inherited by the forks)."""
+    if not _BUILD:
+        from migtree.build import load_build
+        d = tempfile.mkdtemp(prefix="migtree-fuzz-")
+        _TMP.append(d)
+        p = Path(d) / "b.toml"
+        p.write_bytes(_build_seeds()[0])
+        (Path(d) / "disk.img").write_bytes(bytes(1 << 20))
+        _BUILD.append(load_build(p))
+    return _BUILD[0]
+
+
+def _session_seeds() -> list[bytes]:
+    from migtree import migration
+    b = _source_build()
+    hello = {**migration.describe_destination(b), "session": "$D"}
+    app = {"filter": "f", "plugin": "p", "kind": "static", "path": "/machine/x",
+           "before": "a@1", "after": "b@1", "reason": "destination"}
+    loaded = {"filters": {"destination": "d", "nodes": 3, "applications": [app],
+                          "chains": {"/machine/x": ["f"]}},
+              "load": {"objects": 3}, "stream_bytes": "$N", "timings": {"load_s": 0.1},
+              "session": "$S"}
+    return [json.dumps({"hello": hello, "loaded": loaded, "done": {"session": "$S"}},
+                       default=str).encode()]
+
+
+def _mutate_session(rnd: random.Random, data: bytes) -> bytes:
+    doc = json.loads(data)
+    key = rnd.choice(["hello", "loaded", "loaded", "done"])
+    doc[key] = mutate_doc(rnd, doc[key], keys=["session", "filters", "applications", "path",
+                                               "before", "after", "load", "timings",
+                                               "stream_bytes", "protocol", "destination",
+                                               "build", "plugins"])
+    return json.dumps(doc, default=str).encode()
+
+
+def _run_session(data: bytes) -> None:
+    """``migtree send`` against a destination that answers with the case's
+    HELLO, LOADED and DONE: send must never raise, a Python exception must
+    never be what it reports, and its report must render."""
+    import socket
+    import threading
+
+    from migtree import migration
+    from migtree import transport as tp
+    from migtree.commands import _migargs
+    from migtree.commands.send import format_report
+    from migtree.errors import MigtreeError
+    try:
+        doc = json.loads(data)
+        hello, loaded, done = doc["hello"], doc["loaded"], doc["done"]
+    except (ValueError, KeyError, TypeError, RecursionError) as e:
+        raise MigtreeError(f"not a case: {e}") from None
+    build = _source_build()
+    a, b = socket.socketpair()
+    src, dst = tp.SocketChannel(a, "source"), tp.SocketChannel(b, "destination")
+    nonce = "0123456789abcdef" * 2
+
+    def fill(v: Any, subst: dict[str, Any]) -> Any:
+        if isinstance(v, str) and v in subst:
+            return subst[v]
+        if isinstance(v, dict):
+            return {k: fill(x, subst) for k, x in v.items()}
+        if isinstance(v, list):
+            return [fill(x, subst) for x in v]
+        return v
+
+    def destination() -> None:
+        try:
+            dst.start(10)
+            dst.send_msg(tp.HELLO, fill(hello, {"$D": nonce}))
+            kind, offer = dst.recv_msg(10)
+            if kind != tp.OFFER:
+                return
+            n = 0
+            while True:
+                kind, payload = dst.recv(10)
+                if kind != tp.DATA:
+                    break
+                n += len(payload)
+            subst = {"$S": offer.get("source_session"), "$N": n}
+            dst.send_msg(tp.LOADED, fill(loaded, subst))
+            kind, _ = dst.recv_msg(10)
+            if kind == tp.COMMIT:
+                dst.send_msg(tp.DONE, fill(done, subst))
+        except (MigtreeError, OSError, ValueError, TypeError):
+            pass  # the source's side is what is tested
+        finally:
+            dst.close()
+
+    th = threading.Thread(target=destination, daemon=True)
+    th.start()
+    src.start(10)
+    res = migration.send(build, src, timeout=10, progress=False)
+    src.close()
+    th.join(20)
+    report = {"role": "source", "build": build.name, "backend": build.backend.name,
+              **res.as_dict()}
+    with open(os.devnull, "w") as null:
+        import contextlib
+        with contextlib.redirect_stdout(null):
+            _migargs.print_report(report, False, format_report)
+            json.dumps(report, default=str)
+    if res.outcome == "committed" and (res.loaded or {}).get("session") is None:
+        raise WrongSuccess("committed on a LOADED without this session's nonce")
+    err = res.error or ""
+    for name in ("TypeError", "KeyError", "AttributeError", "IndexError", "ValueError",
+                 "RecursionError", "OverflowError"):
+        if f"{name}:" in err:  # send() caught a Python exception and reported it
+            raise WrongSuccess(f"send reported a Python exception: {err[:300]}")
+    if res.outcome not in ("committed", "refused", "resumed", "unconfirmed"):
+        raise WrongSuccess(f"unknown outcome {res.outcome}")
+
+
 # build files ----------------------------------------------------------------------------------
 
 def _build_seeds() -> list[bytes]:
@@ -777,6 +898,9 @@ def targets() -> dict[str, Target]:
                _qemu_tree_seeds, _mutate_qemu_tree, _run_qemu_tree, qclean),
         Target("protocol", "migration protocol messages: decode_msg and their schemas",
                _protocol_seeds, _mutate_protocol, _run_protocol, clean),
+        Target("session", "migtree send against a destination with edited HELLO, LOADED "
+               "and DONE: never raises, never reports a Python exception, report renders",
+               _session_seeds, _mutate_session, _run_session, clean),
         Target("build-file", "build .toml files: load_build",
                _build_seeds, _mutate_build, _run_build, clean),
         Target("target-file", "check --to / convert --target descriptions (-dump-vmstate)",
