@@ -123,3 +123,11 @@ def test_check_to_a_deeply_nested_description_is_a_clean_error(tmp_path, capsys)
 def test_a_deeply_nested_build_file_is_a_build_error(tmp_path):
     with pytest.raises(BuildError, match="nested too deeply"):
         load_build(_build_file(tmp_path, "[a]\nb = " + "[" * 5000 + "]" * 5000 + "\n"))
+
+
+@pytest.mark.parametrize("name", ["x\n", "a/b", "__stash__", "sp ace"])
+def test_the_writer_refuses_an_object_name_the_reader_would_refuse(name):
+    tree = {"__type__": "container", "__version__": 1,
+            name: {"__type__": "container", "__version__": 1}}
+    with pytest.raises(StreamError, match="not a valid name"):
+        stream.write_tree(None, None, tree)

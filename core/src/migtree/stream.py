@@ -1228,6 +1228,13 @@ def write_tree(fp: IO[bytes] | None, header_extra: dict[str, Any] | None,
     found: dict[str, Any] = {}
     sections: list[tuple[str, str, int, dict[str, Any]]] = []
     for path, node in iter_object_nodes(tree):
+        for name, child in node.items():
+            if type(child) is dict and TYPE_KEY in child and (
+                    type(name) is not str or name in RESERVED_KEYS
+                    or _NAME_RE.fullmatch(name) is None):
+                # the reader's own rule (_Sections.place): never write a path it refuses
+                raise StreamError(f"child object name {name!r} is not a valid name "
+                                  "(letters, digits and _.+-[]:, only)", path=path)
         tname, version = node.get(TYPE_KEY), node.get(VERSION_KEY)
         if type(tname) is not str or type(version) is not int or version < 0:
             raise StreamError(f"node has __type__ {tname!r} and __version__ {version!r}",
