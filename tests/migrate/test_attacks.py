@@ -310,3 +310,19 @@ def test_too_many_pending_handshakes_are_shed(monkeypatch):
         assert sum("too many handshakes" in r for r in lst.refused) >= 1, lst.refused
         for s in intruders:
             s.close()
+
+
+def test_an_output_to_a_device_or_pipe_is_written_in_place(tmp_path):
+    """-o /dev/null must not rename a file over the device node."""
+    with files.atomic_output("/dev/null") as fp:
+        fp.write(b"x")
+    assert Path("/dev/null").is_char_device()
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    got = []
+    th = threading.Thread(target=lambda: got.append(fifo.read_bytes()))
+    th.start()
+    with files.atomic_output(fifo) as fp:
+        fp.write(b"state")
+    th.join(10)
+    assert got == [b"state"] and fifo.is_fifo()

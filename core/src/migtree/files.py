@@ -47,6 +47,17 @@ def atomic_output(path: str | os.PathLike[str], *, sync: bool = False) -> Iterat
     path = Path(path)
     if path.is_symlink():
         raise UnsafePath(f"{path}: is a symbolic link; migtree does not write through one")
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        st = None
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        # a device or a pipe (-o /dev/null, a FIFO): written in place -- renaming
+        # a file over it would replace the device node itself
+        with open(path, "wb", opener=lambda n, f: os.open(n, os.O_WRONLY | os.O_NOFOLLOW)
+                  ) as fp:
+            yield fp
+        return
     tmp = _temp_name(path)
 
     def opener(name: str, _flags: int) -> int:
