@@ -257,6 +257,12 @@ def send(build: Any, chan: tp.Channel, *, timeout: float = DEFAULT_TIMEOUT,
         with contextlib.suppress(tp.TransportError):  # the destination need not wait
             chan.send_msg(tp.ABORT, {"error": res.error})
         return res
+    except Exception as e:  # a HELLO the checks let through but the pre-flight trips on
+        res.outcome, res.error = "refused", f"before pausing: {_describe(e)}"
+        log.error("pre-flight failed on the destination's HELLO: %s", _describe(e))
+        with contextlib.suppress(tp.TransportError):
+            chan.send_msg(tp.ABORT, {"error": res.error})
+        return res
     finally:
         res.wire_bytes_sent, res.wire_bytes_received = chan.bytes_sent, chan.bytes_received
 
