@@ -188,7 +188,9 @@ def preflight(build: Any, hello: dict[str, Any]) -> Any:
         dest = Destination.of_schema(hello.get("destination") or {},
                                      name=str(hello.get("build") or "destination"))
         filters = filters_from_declarations(hello.get("filters") or [])
-    except SchemaDumpError as e:
+    except (SchemaDumpError, KeyError, TypeError, ValueError, AttributeError) as e:
+        # protocol.MESSAGES checked HELLO's shape; the schema dump inside it is
+        # checked here, and any way it is wrong is a refusal, never a traceback
         raise PreflightRefused(f"the destination's HELLO is malformed: {e}") from None
     return check(build, dest, filters)
 

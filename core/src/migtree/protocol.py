@@ -210,7 +210,7 @@ MESSAGES: dict[str, Record] = {
         "build": NAME,
         "backend": NAME,
         "plugins": PLUGINS,
-        "destination": Json(),  # a schema dump, checked by Destination.of_schema
+        "destination": MapOf(Json()),  # a schema dump, checked by Destination.of_schema
         "filters": ListOf(Json()),  # declarations, checked by filters_from_declarations
         "session": NONCE,  # the destination's nonce: OFFER, END and COMMIT echo it
     }),
