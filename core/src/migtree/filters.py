@@ -35,6 +35,8 @@ class TypeVersion:
     def parse(cls, text: str | TypeVersion) -> TypeVersion:
         if isinstance(text, TypeVersion):
             return text
+        if not isinstance(text, str):  # declarations also come from peers and files
+            raise RegistryError(f"expected TYPE@VERSION text, got {text!r}")
         m = _TV_RE.fullmatch(text)
         if not m or m["hi"] is not None:
             raise RegistryError(f"expected TYPE@VERSION, got {text!r}")
@@ -56,6 +58,8 @@ class TypeRange:
     def parse(cls, text: str | TypeRange) -> TypeRange:
         if isinstance(text, TypeRange):
             return text
+        if not isinstance(text, str):  # a map here would become an unhashable type name
+            raise RegistryError(f"expected TYPE, TYPE@V or TYPE@LO..HI text, got {text!r}")
         if "@" not in text:
             return cls(text)
         m = _TV_RE.fullmatch(text)
