@@ -113,7 +113,7 @@ DEFAULT_LIMITS = Limits()
 #: input (cbor2 never preallocates an announced length; a section is at least
 #: 8 bytes; no value is repeated or shared), and the worst case -- millions
 #: of empty sections, each a node, a path and its bookkeeping -- measures
-#: about 40 (tests/core/test_attacks.py keeps it under the bound).
+#: about 40 (tests/core/test_hostile_inputs.py keeps it under the bound).
 READ_BYTES_PER_INPUT_BYTE = 64
 READ_BYTES_BASE = 1 << 20
 
