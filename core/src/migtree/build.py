@@ -139,8 +139,15 @@ def load_build(source: Any, registry: Any = None, *, allow_fallback: bool = True
             config = tomllib.loads(path.read_text())
         except FileNotFoundError:
             raise BuildError(f"{where}: no such build file") from None
+        except UnicodeDecodeError as e:
+            raise BuildError(f"{where}: not UTF-8 text (byte {e.start}): a build file is "
+                             "TOML") from None
+        except OSError as e:
+            raise BuildError(f"{where}: cannot read it: {e.strerror or e}") from None
         except tomllib.TOMLDecodeError as e:
             raise BuildError(f"{where}: not valid TOML: {e}") from None
+        except RecursionError:
+            raise BuildError(f"{where}: nested too deeply to be a build file") from None
 
     def fail(key: str, message: str) -> BuildError:
         return BuildError(f"{where}: {key}: {message}")
@@ -162,6 +169,8 @@ def load_build(source: Any, registry: Any = None, *, allow_fallback: bool = True
     if type(cpus) is not int or not 0 <= cpus <= 255:
         raise fail("machine.cpus", f"expected an integer from 0 to 255, got {cpus!r}")
     backend_name = mcfg.get("backend", "userspace" if cpus else "none")
+    if type(backend_name) is not str:
+        raise fail("machine.backend", f"must be a backend name (text), got {backend_name!r}")
     backend = NO_CPUS if cpus == 0 and "backend" not in mcfg else \
         registry.backends.get(backend_name)
     if backend is None:
@@ -175,6 +184,8 @@ def load_build(source: Any, registry: Any = None, *, allow_fallback: bool = True
     ok, reason = backend.available()
     if not ok:
         fallback = mcfg.get("fallback")
+        if fallback is not None and type(fallback) is not str:
+            raise fail("machine.fallback", f"must be a backend name (text), got {fallback!r}")
         if fallback and allow_fallback and fallback in registry.backends:
             notes.append(f"backend {backend_name!r} is unavailable ({reason}); "
                          f"using {fallback!r} instead")
@@ -210,9 +221,9 @@ def _compose(config: dict, mcfg: dict, machine: Any, registry: Any, backend: Bac
         if "memory" in mcfg:
             try:
                 size = parse_size(mcfg["memory"])
-            except ValueError as e:
+                ram = registry.types.create("guest-memory", size=size)
+            except (ValueError, OverflowError) as e:
                 raise fail("machine.memory", str(e)) from None
-            ram = registry.types.create("guest-memory", size=size)
             machine.add_child("ram", ram)
             machine.memory = ram
         backend.create_cpus(machine, cpus, registry)
@@ -221,7 +232,10 @@ def _compose(config: dict, mcfg: dict, machine: Any, registry: Any, backend: Bac
             raise fail("device", "must be an array of tables ([[device]])")
         for i, dcfg in enumerate(devices):
             obj, dev_id = _make_device(dcfg, f"device[{i}]", registry, base, fail)
-            machine.add_device(obj, dev_id)
+            try:
+                machine.add_device(obj, dev_id)
+            except ValueError as e:  # an id that is not a valid child name, or taken
+                raise fail(f"device[{i}].id", str(e)) from None
     except MigtreeError as e:
         if isinstance(e, BuildError):
             raise
@@ -247,14 +261,21 @@ def _make_device(dcfg: Any, key: str, registry: Any, base: Any, fail: Any) -> tu
         obj = registry.types.create(type_name, **props)
     except UnknownTypeError as e:
         raise fail(f"{key}.type", str(e)) from None
-    except TypeError as e:
-        raise fail(key, f"{type_name}: {e}") from None
+    except (TypeError, ValueError, OverflowError, AttributeError, KeyError, IndexError) as e:
+        # a property of the wrong type reaching the device's constructor: the
+        # build file is what is wrong, so it is a BuildError naming the device
+        raise fail(key, f"{type_name}: {type(e).__name__}: {e}") from None
+    except OSError as e:  # a drive or device file the build names
+        raise fail(key, f"{type_name}: {e.strerror or e}: {e.filename or ''}") from None
     children = dcfg.get("children", {})
     if not isinstance(children, dict):
         raise fail(f"{key}.children", "must be a table of child name -> device table")
     for child_name, ccfg in children.items():
         child, _ = _make_device(ccfg, f"{key}.children.{child_name}", registry, base, fail)
-        obj.add_child(child_name, child)
+        try:
+            obj.add_child(child_name, child)
+        except ValueError as e:
+            raise fail(f"{key}.children.{child_name}", str(e)) from None
     dev_id = dcfg.get("id")
     if dev_id is not None and not isinstance(dev_id, str):
         raise fail(f"{key}.id", "must be a string")

@@ -12,6 +12,7 @@ import sys
 
 from . import __version__, commands
 from .errors import MigtreeError
+from .textsafe import safe_lines
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,11 +31,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _SafeFormatter(logging.Formatter):
+    """Log lines name peers (TLS subjects, addresses) and their errors:
+    escaped like every other string from outside (migtree.textsafe)."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return safe_lines(super().formatMessage(record))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
                         format="migtree: %(levelname)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(_SafeFormatter("migtree: %(levelname)s: %(message)s"))
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return 2
@@ -48,12 +59,12 @@ def main(argv: list[str] | None = None) -> int:
     except MigtreeError as e:
         if args.debug:
             raise
-        print(f"migtree: error: {e}", file=sys.stderr)
+        print(f"migtree: error: {safe_lines(e)}", file=sys.stderr)
         return 1
     except (OSError, ValueError) as e:
         if args.debug:
             raise
-        print(f"migtree: error: {e.__class__.__name__}: {e}", file=sys.stderr)
+        print(f"migtree: error: {e.__class__.__name__}: {safe_lines(e)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("migtree: interrupted", file=sys.stderr)

@@ -358,8 +358,10 @@ def filters_from_declarations(decls: Iterable[Mapping[str, Any]]) -> list[Filter
                 path=d.get("path"), priority=int(d.get("priority", 0)), pair=d.get("pair"),
                 description=d.get("description", ""),
                 plugin=d.get("plugin", "<schema dump>"), dynamic=bool(d.get("dynamic"))))
-        except (KeyError, TypeError, MigtreeError) as e:
-            raise SchemaDumpError(f"schema dump: filters[{i}]: {e}") from None
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError,
+                MigtreeError) as e:  # a declaration from a peer or a file: any shape
+            raise SchemaDumpError(f"schema dump: filters[{i}]: {e}") \
+                from None
     return out
 
 
@@ -381,7 +383,7 @@ def compile_path_pattern(pattern: str) -> re.Pattern[str]:
 
 
 def _match_path(rx: re.Pattern[str], path: str) -> bool:
-    return rx.match("" if path == "/" else path) is not None
+    return rx.fullmatch("" if path == "/" else path) is not None
 
 
 def _decl(f: Filter) -> tuple:

@@ -35,7 +35,9 @@ class TypeVersion:
     def parse(cls, text: str | TypeVersion) -> TypeVersion:
         if isinstance(text, TypeVersion):
             return text
-        m = _TV_RE.match(text)
+        if not isinstance(text, str):  # declarations also come from peers and files
+            raise RegistryError(f"expected TYPE@VERSION text, got {text!r}")
+        m = _TV_RE.fullmatch(text)
         if not m or m["hi"] is not None:
             raise RegistryError(f"expected TYPE@VERSION, got {text!r}")
         return cls(m["type"], int(m["lo"]))
@@ -56,9 +58,11 @@ class TypeRange:
     def parse(cls, text: str | TypeRange) -> TypeRange:
         if isinstance(text, TypeRange):
             return text
+        if not isinstance(text, str):  # a map here would become an unhashable type name
+            raise RegistryError(f"expected TYPE, TYPE@V or TYPE@LO..HI text, got {text!r}")
         if "@" not in text:
             return cls(text)
-        m = _TV_RE.match(text)
+        m = _TV_RE.fullmatch(text)
         if not m:
             raise RegistryError(f"expected TYPE, TYPE@V or TYPE@LO..HI, got {text!r}")
         lo = int(m["lo"])
@@ -135,7 +139,7 @@ class Filter:
     dynamic: bool = False
 
     def __attrs_post_init__(self) -> None:
-        if not _NAME_RE.match(self.name):
+        if not _NAME_RE.fullmatch(self.name):
             raise RegistryError(f"invalid filter name {self.name!r}")
         if not callable(self.func):
             raise RegistryError(f"filter {self.name!r}: func is not callable")

@@ -27,6 +27,7 @@ import json
 from typing import Any
 
 from .blob import Blob
+from .errors import MigtreeError
 
 BYTES_KEY = "$bytes"
 BLOB_KEY = "$blob"
@@ -69,9 +70,22 @@ def to_json(value: Any, *, inline_blobs: bool = False) -> Any:
     raise TypeError(f"the JSON view has no rendering for a {t.__name__}")
 
 
-def from_json(value: Any) -> Any:
+class JsonViewError(MigtreeError, ValueError):
+    """A JSON view that cannot be read back (a ValueError too, as before)."""
+
+
+#: the JSON view of a stream is nested at most as deep as the stream allows
+#: (migtree.stream.MAX_DEPTH_CEILING) plus the tree's own object levels; each
+#: level costs two Python frames here, well inside the recursion limit
+MAX_JSON_DEPTH = 320
+
+
+def from_json(value: Any, _depth: int = 0) -> Any:
     """The value :func:`to_json` rendered (blobs come back as
-    :class:`migtree.blob.Blob`). Raises ValueError on what it cannot invert."""
+    :class:`migtree.blob.Blob`). Raises :class:`JsonViewError` (a
+    ValueError) on what it cannot invert."""
+    if _depth > MAX_JSON_DEPTH:
+        raise JsonViewError(f"nested deeper than {MAX_JSON_DEPTH} levels")
     t = type(value)
     if t is dict:
         if len(value) == 1:
@@ -80,33 +94,33 @@ def from_json(value: Any) -> Any:
                 return _hex(v, BYTES_KEY)
             if k == BLOB_KEY:
                 if not isinstance(v, dict) or "hex" not in v:
-                    raise ValueError("a blob in the JSON view is only summarised (size and "
+                    raise JsonViewError("a blob in the JSON view is only summarised (size and "
                                      "sha256); write the view with inline_blobs to read it back")
                 data = _hex(v["hex"], BLOB_KEY)
                 if "size" in v and v["size"] != len(data):
-                    raise ValueError(f"a blob says size {v['size']} but has {len(data)} bytes")
+                    raise JsonViewError(f"a blob says size {v['size']} but has {len(data)} bytes")
                 return Blob(data)
             if k == MAP_KEY:
                 if not isinstance(v, dict):
-                    raise ValueError(f"{MAP_KEY} must hold an object")
-                return {kk: from_json(vv) for kk, vv in v.items()}
+                    raise JsonViewError(f"{MAP_KEY} must hold an object")
+                return {kk: from_json(vv, _depth + 1) for kk, vv in v.items()}
         for k in value:
             if k.startswith("$"):
-                raise ValueError(f"unknown key {k!r}: keys starting with '$' are reserved "
+                raise JsonViewError(f"unknown key {k!r}: keys starting with '$' are reserved "
                                  "for the JSON view's own forms")
-        return {k: from_json(v) for k, v in value.items()}
+        return {k: from_json(v, _depth + 1) for k, v in value.items()}
     if t is list:
-        return [from_json(v) for v in value]
+        return [from_json(v, _depth + 1) for v in value]
     return value
 
 
 def _hex(text: Any, what: str) -> bytes:
     if not isinstance(text, str):
-        raise ValueError(f"{what} must hold a hex string")
+        raise JsonViewError(f"{what} must hold a hex string")
     try:
         return bytes.fromhex(text)
     except ValueError:
-        raise ValueError(f"{what}: {text[:40]!r} is not hex") from None
+        raise JsonViewError(f"{what}: {text[:40]!r} is not hex") from None
 
 
 def stream_to_json(format_name: str, header: dict[str, Any], tree: dict[str, Any], *,
@@ -130,7 +144,7 @@ def stream_to_json(format_name: str, header: dict[str, Any], tree: dict[str, Any
 def stream_from_json(doc: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """``(header, tree)`` from a :func:`stream_to_json` document."""
     if not isinstance(doc, dict) or "tree" not in doc:
-        raise ValueError("not a migtree JSON view: it has no 'tree'")
+        raise JsonViewError("not a migtree JSON view: it has no 'tree'")
     return from_json(doc.get("header", {})), from_json(doc["tree"])
 
 

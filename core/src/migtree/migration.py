@@ -82,6 +82,7 @@ from typing import Any
 
 import attrs
 
+from . import protocol
 from . import transport as tp
 from .errors import MigtreeError
 from .progress import Progress
@@ -89,14 +90,16 @@ from .progress import Progress
 log = logging.getLogger("migtree.migration")
 
 #: the migration protocol's version, in HELLO; a mismatch is refused up front
-PROTOCOL = 1
+#: (2: every message declared in migtree.protocol, with session nonces;
+#: OFFER's ``filtered_by`` says who ran the filters)
+PROTOCOL = 2
 #: ``filter_side`` values: ``auto`` is the rule in the module docstring
 FILTER_SIDES = ("auto", "destination", "source")
-#: what OFFER carries (one place, so the protocol's schema can be declared
-#: from it): ``filtered_by`` (``"destination"`` or ``"source"``) is an
-#: addition to protocol 1: a destination that does not know it ignores it,
-#: and a stream the source filtered loads there like any other (the source
-#: keeps its own filter report, SourceResult.source_filters).
+#: what OFFER carries besides the session nonces (declared, with their
+#: types, in migtree.protocol.MESSAGES): ``filtered_by`` is
+#: ``"destination"`` or ``"source"``; a stream the source filtered loads at
+#: the destination like any other (the source keeps its own filter report,
+#: SourceResult.source_filters).
 OFFER_KEYS = ("protocol", "build", "backend", "plugins", "filtered_by")
 #: seconds either side waits for the next frame before it gives up (a
 #: failure guard against a peer that hangs, not a tuning knob)
@@ -225,7 +228,9 @@ def _hello_destination(hello: dict[str, Any]) -> tuple[Any, list[Any]]:
         dest = Destination.of_schema(hello.get("destination") or {},
                                      name=str(hello.get("build") or "destination"))
         filters = filters_from_declarations(hello.get("filters") or [])
-    except SchemaDumpError as e:
+    except (SchemaDumpError, KeyError, TypeError, ValueError, AttributeError) as e:
+        # protocol.MESSAGES checked HELLO's shape; the schema dump inside it is
+        # checked here, and any way it is wrong is a refusal, never a traceback
         raise PreflightRefused(f"the destination's HELLO is malformed: {e}") from None
     return dest, filters
 
@@ -359,6 +364,12 @@ def send(build: Any, chan: tp.Channel, *, timeout: float = DEFAULT_TIMEOUT,
     raises only for programming errors.
     """
     res = SourceResult()
+    session = protocol.Session(PROTOCOL)
+    chan.validator = session
+    source_nonce = protocol.new_nonce()
+    # what the destination sends after OFFER must name this source's session
+    for name in ("LOADED", "DONE", "FAILED"):
+        session.expect[name] = source_nonce
     try:
         kind, hello = chan.recv_msg(timeout)
         if kind == tp.FAILED:
@@ -389,7 +400,9 @@ def send(build: Any, chan: tp.Channel, *, timeout: float = DEFAULT_TIMEOUT,
                                  "plugins": {n: r.version for n, r in
                                              sorted(build.registry.plugins.items())
                                              if r.error is None},
-                                 "filtered_by": plan.side})
+                                 "filtered_by": plan.side,
+                                 "session": hello["session"],
+                                 "source_session": source_nonce})
     except PreflightRefused as e:
         with contextlib.suppress(tp.TransportError):
             chan.send_msg(tp.ABORT, {"error": str(e)})
@@ -397,6 +410,14 @@ def send(build: Any, chan: tp.Channel, *, timeout: float = DEFAULT_TIMEOUT,
         return res
     except MigtreeError as e:  # before the pause: nothing to resume
         res.outcome, res.error = "refused", f"before pausing: {e}"
+        with contextlib.suppress(tp.TransportError):  # the destination need not wait
+            chan.send_msg(tp.ABORT, {"error": res.error})
+        return res
+    except Exception as e:  # a HELLO the checks let through but the pre-flight trips on
+        res.outcome, res.error = "refused", f"before pausing: {_describe(e)}"
+        log.error("pre-flight failed on the destination's HELLO: %s", _describe(e))
+        with contextlib.suppress(tp.TransportError):
+            chan.send_msg(tp.ABORT, {"error": res.error})
         return res
     finally:
         res.wire_bytes_sent, res.wire_bytes_received = chan.bytes_sent, chan.bytes_received
@@ -450,7 +471,7 @@ def send(build: Any, chan: tp.Channel, *, timeout: float = DEFAULT_TIMEOUT,
                 raise MigrationError(f"the source could not write its state: {why}") from e
         res.stream_bytes = writer.total
         res.save_s = time.monotonic() - t_pause
-        chan.send_msg(tp.END, {"bytes": writer.total})
+        chan.send_msg(tp.END, {"bytes": writer.total, "session": hello["session"]})
         events("sent", bytes=writer.total)
         kind, msg = chan.recv_msg(timeout)
         if kind == tp.FAILED:
@@ -462,7 +483,7 @@ def send(build: Any, chan: tp.Channel, *, timeout: float = DEFAULT_TIMEOUT,
         events("loaded", report=msg)
         # The point of no return: once COMMIT is handed to the kernel whole,
         # the destination may run, so the source must not.
-        chan.send_msg(tp.COMMIT, {})
+        chan.send_msg(tp.COMMIT, {"session": hello["session"]})
         committed = True
         events("committed")
         try:
@@ -634,10 +655,17 @@ def receive(build: Any, chan: tp.Channel, *, timeout: float = DEFAULT_TIMEOUT,
 
     res = DestResult()
     own_snapshot = snapshot is None
+    session = protocol.Session(PROTOCOL)
+    chan.validator = session
+    nonce = protocol.new_nonce()
+    # what the source sends after HELLO must name this destination's session
+    for name in ("OFFER", "END", "COMMIT", "ABORT"):
+        session.expect[name] = nonce
+    source_nonce: str | None = None
     try:
         if snapshot is None:
             snapshot = Snapshot(build)
-        chan.send_msg(tp.HELLO, describe_destination(build))
+        chan.send_msg(tp.HELLO, {**describe_destination(build), "session": nonce})
         events("hello")
         res.stage = "pre-flight"
         kind, msg = chan.recv_msg(timeout)
@@ -648,7 +676,8 @@ def receive(build: Any, chan: tp.Channel, *, timeout: float = DEFAULT_TIMEOUT,
         if kind != tp.OFFER:
             raise tp.ProtocolError(f"expected OFFER or ABORT, got {tp.KIND_NAMES[kind]}")
         res.source = {k: msg.get(k) for k in ("build", "backend", "plugins")}
-        res.filtered_by = msg.get("filtered_by") or "destination"
+        res.filtered_by = msg["filtered_by"]
+        source_nonce = msg["source_session"]
         events("offer", offer=msg)
 
         res.stage = "stream"
@@ -700,7 +729,9 @@ def receive(build: Any, chan: tp.Channel, *, timeout: float = DEFAULT_TIMEOUT,
             res.outcome = "failed"
         if not isinstance(e, tp.TransportError):
             with contextlib.suppress(tp.TransportError):
-                chan.send_msg(tp.FAILED, {"stage": res.stage, "error": res.error})
+                chan.send_msg(tp.FAILED, {"stage": res.stage, "error": res.error,
+                                          **({"session": source_nonce} if source_nonce
+                                             else {})})
         res.wire_bytes_received = chan.bytes_received
         if own_snapshot and snapshot is not None:
             snapshot.close()
@@ -710,7 +741,8 @@ def receive(build: Any, chan: tp.Channel, *, timeout: float = DEFAULT_TIMEOUT,
     res.stage = "commit"
     try:
         chan.send_msg(tp.LOADED, {"filters": res.filters, "load": res.load,
-                                  "stream_bytes": res.stream_bytes, "timings": res.timings})
+                                  "stream_bytes": res.stream_bytes, "timings": res.timings,
+                                  "session": source_nonce})
         kind, _ = chan.recv_msg(timeout)
         if kind != tp.COMMIT:
             raise tp.ProtocolError(f"expected COMMIT, got {tp.KIND_NAMES[kind]}")
@@ -730,7 +762,7 @@ def receive(build: Any, chan: tp.Channel, *, timeout: float = DEFAULT_TIMEOUT,
     res.stage = None
     events("commit")
     with contextlib.suppress(tp.TransportError):
-        chan.send_msg(tp.DONE, {})
+        chan.send_msg(tp.DONE, {"session": source_nonce})
     res.wire_bytes_received = chan.bytes_received
     return res
 

@@ -65,7 +65,7 @@ class Object:
             while f"{stem}[{i}]" in self._children:
                 i += 1
             name = f"{stem}[{i}]"
-        if not _NAME_RE.match(name) or name in RESERVED_KEYS:
+        if not _NAME_RE.fullmatch(name) or name in RESERVED_KEYS:
             raise ValueError(f"invalid child name {name!r}")
         if name in self._children:
             raise ValueError(f"{self.path} already has a child {name!r}")

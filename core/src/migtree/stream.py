@@ -107,6 +107,16 @@ class Limits:
 
 DEFAULT_LIMITS = Limits()
 
+#: The reader's cost bound (docs/wire-format.md, "Cost"): read_tree keeps at
+#: most this many bytes of Python objects per input byte, plus READ_BYTES_BASE.
+#: It holds by construction: every decoded value is charged to bytes of the
+#: input (cbor2 never preallocates an announced length; a section is at least
+#: 8 bytes; no value is repeated or shared), and the worst case -- millions
+#: of empty sections, each a node, a path and its bookkeeping -- measures
+#: about 40 (tests/core/test_hostile_inputs.py keeps it under the bound).
+READ_BYTES_PER_INPUT_BYTE = 64
+READ_BYTES_BASE = 1 << 20
+
 
 @attrs.define
 class Section:
@@ -620,7 +630,9 @@ _DESC_KEYS = {"name", "kind", "length", "max_length", "element", "inner", "struc
 
 
 def _check_field_desc(f: Any, what: str, offset: int, named: bool) -> None:
-    _need(type(f) is dict and f.get("kind") in _KINDS,
+    # the kind is looked up only once it is known to be text: a map or an
+    # array there is unhashable and would escape as a TypeError
+    _need(type(f) is dict and type(f.get("kind")) is str and f["kind"] in _KINDS,
           f"{what} must be a map with a kind out of {sorted(_KINDS)}", offset)
     _need(not named or type(f.get("name")) is str, f"{what} has no name", offset)
     _need(set(f) <= _DESC_KEYS, f"{what} has unknown keys {sorted(set(f) - _DESC_KEYS)}",
@@ -819,7 +831,7 @@ class _Sections:
         else:
             head, _, name = path.rpartition("/")
             if not (path.startswith("/") and name and head != "/"
-                    and name not in RESERVED_KEYS and _NAME_RE.match(name) is not None):
+                    and name not in RESERVED_KEYS and _NAME_RE.fullmatch(name) is not None):
                 raise StreamError(f"malformed path {path!r}", offset=offset)
             parent = head or "/"
             keys = self.keys.get(parent)
@@ -1224,6 +1236,13 @@ def write_tree(fp: IO[bytes] | None, header_extra: dict[str, Any] | None,
     found: dict[str, Any] = {}
     sections: list[tuple[str, str, int, dict[str, Any]]] = []
     for path, node in iter_object_nodes(tree):
+        for name, child in node.items():
+            if type(child) is dict and TYPE_KEY in child and (
+                    type(name) is not str or name in RESERVED_KEYS
+                    or _NAME_RE.fullmatch(name) is None):
+                # the reader's own rule (_Sections.place): never write a path it refuses
+                raise StreamError(f"child object name {name!r} is not a valid name "
+                                  "(letters, digits and _.+-[]:, only)", path=path)
         tname, version = node.get(TYPE_KEY), node.get(VERSION_KEY)
         if type(tname) is not str or type(version) is not int or version < 0:
             raise StreamError(f"node has __type__ {tname!r} and __version__ {version!r}",

@@ -114,7 +114,7 @@ def open_target(path: str, registry: Any, *, accept: list[str] | tuple[str, ...]
         return target
     try:
         doc = json.loads(p.read_bytes())
-    except (OSError, UnicodeDecodeError, ValueError) as e:
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
         raise MigtreeError(f"{path}: not a build .toml, a schema dump or a description a "
                            f"plugin recognises ({e})") from None
     if not isinstance(doc, dict) or "types" not in doc:

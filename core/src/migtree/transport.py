@@ -40,6 +40,7 @@ import socket
 import ssl
 import stat
 import struct
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
@@ -48,6 +49,7 @@ from typing import Any
 
 import attrs
 
+from . import files
 from .errors import MigtreeError
 
 log = logging.getLogger("migtree.transport")
@@ -68,6 +70,8 @@ MAX_DATA_FRAME = 4 << 20
 MAX_CONTROL_FRAME = 16 << 20
 #: how long a listener waits for a TLS handshake before dropping the peer
 HANDSHAKE_TIMEOUT = 30.0
+#: handshakes a listener runs at once; more connections are closed at once
+MAX_PENDING_HANDSHAKES = 32
 
 
 class TransportError(MigtreeError):
@@ -235,6 +239,9 @@ class Channel(ABC):
         self.data_sent = 0
         self.data_received = 0
         self._preamble_checked = False
+        #: checks every decoded control message (migtree.protocol.validate
+        #: once a migration runs over this channel); None: any JSON object
+        self.validator: Any = None
 
     # raw bytes (subclasses)
     @abstractmethod
@@ -282,7 +289,14 @@ class Channel(ABC):
         kind, payload = self.recv(timeout)
         if kind == DATA:
             return kind, payload
-        return kind, decode_msg(kind, payload)
+        return kind, self.decode(kind, payload)
+
+    def decode(self, kind: int, payload: bytes) -> Any:
+        """A control frame's JSON, checked by :attr:`validator` if set."""
+        msg = decode_msg(kind, payload)
+        if self.validator is not None:
+            self.validator(kind, msg)
+        return msg
 
     def __enter__(self) -> Channel:
         return self
@@ -473,7 +487,7 @@ class DirChannel(Channel):
             time.sleep(delay)
             delay = min(delay * 2, self.POLL_MAX)
         try:
-            with open(path, "rb") as f:
+            with files.open_nofollow(path) as f:  # a planted symlink is refused
                 head = f.read(_HEADER.size)
                 if len(head) != _HEADER.size:
                     raise ProtocolError(f"{path}: truncated frame header")
@@ -484,6 +498,8 @@ class DirChannel(Channel):
                 raise ProtocolError(f"{path}: frame holds {len(payload)} bytes, its header "
                                     f"says {length}")
             path.unlink()
+        except files.UnsafePath as e:
+            raise ProtocolError(str(e)) from None
         except OSError as e:
             raise PeerClosed(f"cannot read {path}: {_why(e)}") from None
         self._in += 1
@@ -491,8 +507,9 @@ class DirChannel(Channel):
 
     def _peer_gone(self) -> bool:
         try:
-            host, pid = (self.dir / f"{self.other}.pid").read_text().split()
-        except (OSError, ValueError):
+            with files.open_nofollow(self.dir / f"{self.other}.pid") as f:
+                host, pid = f.read(256).decode().split()
+        except (OSError, ValueError, files.UnsafePath):
             return False  # not there yet (or another host's format): rely on the timeout
         if host != socket.gethostname():
             return False
@@ -521,10 +538,8 @@ def _is_zombie(pid: int) -> bool:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+    # private (0600), O_EXCL|O_NOFOLLOW under a fresh name, renamed into place
+    files.write_atomic(path, data)
 
 
 # -- listening and connecting -------------------------------------------------------------
@@ -545,7 +560,11 @@ class Listener:
         self._unix_path: Path | None = None
         if addr.scheme == "file":
             d = Path(addr.path or "")
-            d.mkdir(parents=True, exist_ok=True)
+            d.parent.mkdir(parents=True, exist_ok=True)
+            try:  # created 0700, or an existing one that is private to us
+                files.private_dir(d)
+            except files.UnsafePath as e:
+                raise TransportError(f"{addr}: {e}") from None
             stale = [p.name for p in d.iterdir()]
             if stale:
                 raise TransportError(f"{addr}: the rendezvous directory is not empty "
@@ -563,44 +582,114 @@ class Listener:
         return self._sock.fileno() if self._sock else -1
 
     def accept(self, timeout: float | None = None) -> Channel:
+        """The first connection whose handshake (TLS, preamble) completes.
+
+        Handshakes run concurrently, each in its own thread with its own
+        deadline (HANDSHAKE_TIMEOUT, and never past this call's deadline): a
+        silent or slow peer -- or many -- cannot hold the listener while a
+        real source waits, and ``timeout`` is kept exactly. At most
+        MAX_PENDING_HANDSHAKES are in flight; a connection beyond that is
+        closed at once. Handshakes still running when one wins are cut off."""
         addr = self.address
         if addr.scheme == "file":
             return DirChannel(Path(addr.path or ""), "d")
         deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            sock = self._sock
-            if sock is None:
-                raise TransportError(f"{addr}: the listener was closed")
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            if left == 0.0:
-                raise TransportError(f"{addr}: no source connected within {timeout:.0f}s")
-            try:
-                sock.settimeout(left)
-                conn, raddr = sock.accept()
-            except TimeoutError:
-                continue
-            except OSError as e:
-                if self._sock is None:  # closed from another thread
-                    raise TransportError(f"{addr}: the listener was closed") from None
-                raise TransportError(f"{addr}: accept failed: {_why(e)}") from None
+        won: list[Channel] = []
+        pending: dict[socket.socket, threading.Thread] = {}
+        lock = threading.Lock()
+        state = {"open": True}
+        wake_r, wake_w = os.pipe()
+
+        def handshake(conn: socket.socket, raddr: Any) -> None:
+            raw = conn  # the key in pending (conn becomes the TLS socket)
             peer = _peer_name(addr, raddr)
+            until = time.monotonic() + HANDSHAKE_TIMEOUT
+            if deadline is not None:
+                until = min(until, deadline)
             try:
-                conn.settimeout(HANDSHAKE_TIMEOUT)
+                conn.settimeout(max(0.001, until - time.monotonic()))
                 if self._ctx is not None:
                     conn = self._ctx.wrap_socket(conn, server_side=True)
                     peer = f"{peer} ({_subject(conn)})"
                 elif addr.scheme == "tcp" and not is_loopback_host(str(raddr[0])):
                     raise InsecureTransport(f"plaintext connection from non-loopback {peer}")
-                chan = SocketChannel(conn, peer).start(HANDSHAKE_TIMEOUT)
-            except (ssl.SSLError, OSError, TransportError) as e:
+                chan = SocketChannel(conn, peer).start(max(0.001, until - time.monotonic()))
+            except (ssl.SSLError, OSError, TransportError, ValueError) as e:
                 reason = _why(e) if not isinstance(e, TransportError) else str(e)
-                self.refused.append(f"{peer}: {reason}")
-                log.warning("refused a connection from %s: %s", peer, reason)
+                with lock:
+                    if state["open"]:
+                        self.refused.append(f"{peer}: {reason}")
+                        log.warning("refused a connection from %s: %s", peer, reason)
                 with contextlib.suppress(OSError):
                     conn.close()
-                continue
-            log.info("accepted a source from %s", peer)
-            return chan
+                return
+            finally:
+                with lock:
+                    pending.pop(raw, None)
+            with lock:
+                if state["open"] and not won:
+                    won.append(chan)
+                    with contextlib.suppress(OSError):
+                        os.write(wake_w, b"!")
+                    return
+            chan.close()  # another source won, or accept() gave up
+
+        try:
+            while True:
+                with lock:
+                    if won:
+                        log.info("accepted a source from %s", won[0].peer)
+                        return won[0]
+                sock = self._sock
+                if sock is None:
+                    raise TransportError(f"{addr}: the listener was closed")
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                if left == 0.0:
+                    raise TransportError(f"{addr}: no source connected within {timeout:.0f}s")
+                try:
+                    ready, _, _ = select.select([sock, wake_r], [], [], left)
+                except (OSError, ValueError):
+                    if self._sock is None:  # closed from another thread
+                        raise TransportError(f"{addr}: the listener was closed") from None
+                    raise
+                if wake_r in ready:
+                    os.read(wake_r, 64)
+                    continue
+                if sock not in ready:
+                    continue
+                try:
+                    sock.setblocking(False)
+                    conn, raddr = sock.accept()
+                    conn.setblocking(True)
+                except (BlockingIOError, InterruptedError):
+                    continue
+                except OSError as e:
+                    if self._sock is None:  # closed from another thread
+                        raise TransportError(f"{addr}: the listener was closed") from None
+                    raise TransportError(f"{addr}: accept failed: {_why(e)}") from None
+                with lock:
+                    crowded = len(pending) >= MAX_PENDING_HANDSHAKES
+                    if crowded:
+                        self.refused.append(f"{_peer_name(addr, raddr)}: too many handshakes "
+                                            "in progress")
+                if crowded:
+                    with contextlib.suppress(OSError):
+                        conn.close()
+                    continue
+                th = threading.Thread(target=handshake, args=(conn, raddr), daemon=True,
+                                      name=f"migtree-handshake-{_peer_name(addr, raddr)}")
+                with lock:
+                    pending[conn] = th
+                th.start()
+        finally:
+            with lock:
+                state["open"] = False
+                losers = list(pending)
+            for conn in losers:  # cut off handshakes still running
+                with contextlib.suppress(OSError):
+                    conn.shutdown(socket.SHUT_RDWR)
+            os.close(wake_r)
+            os.close(wake_w)
 
     def close(self) -> None:
         """Stop listening; an :meth:`accept` blocked in another thread returns
@@ -702,6 +791,10 @@ def connect(addr: Address | str, *, tls: TlsConfig | None = None, allow_plaintex
                 raise TransportError(f"{addr}: no destination appeared there within "
                                      f"{timeout:.0f}s")
             time.sleep(0.01)
+        try:  # the destination made it private; anything else is not its directory
+            files.private_dir(d, create=False)
+        except files.UnsafePath as e:
+            raise TransportError(f"{addr}: {e}") from None
         return DirChannel(d, "s")
     try:
         if addr.scheme == "unix":
@@ -769,7 +862,7 @@ def raise_remote(chan: Channel, timeout: float = 5.0) -> None:
     closed, :class:`ProtocolError` otherwise."""
     kind, payload = chan.recv(timeout)
     if kind in (FAILED, ABORT):
-        msg = decode_msg(kind, payload)
+        msg = chan.decode(kind, payload)
         raise RemoteAbort(str(msg.get("error") or msg.get("reason") or "aborted"), msg)
     raise ProtocolError(f"unexpected {KIND_NAMES[kind]} frame while sending the stream")
 
@@ -787,13 +880,13 @@ def iter_data(chan: Channel, timeout: float | None) -> Iterator[bytes]:
             yield payload
             continue
         if kind == END:
-            msg = decode_msg(kind, payload)
+            msg = chan.decode(kind, payload)
             if msg.get("bytes") != got:
                 raise ProtocolError(f"the source says it sent {msg.get('bytes')} bytes, "
                                     f"{got} arrived")
             return
         if kind in (ABORT, FAILED):
-            msg = decode_msg(kind, payload)
+            msg = chan.decode(kind, payload)
             raise RemoteAbort(str(msg.get("error") or msg.get("reason") or "aborted"), msg)
         raise ProtocolError(f"expected DATA or END, got {KIND_NAMES[kind]}")
 

@@ -63,8 +63,7 @@ def accept_one(args: Any, name: str, peer: str) -> Any:
     """Listen on ``args.listen`` (writing ``args.ready_file`` once
     listening) and accept one connection from the ``peer`` side; the
     channel carries ``refused_peers``."""
-    from pathlib import Path
-
+    from ..files import write_atomic
     from ..transport import Address, Listener
 
     listener = Listener(Address.parse(args.listen), tls=tls_config(args),
@@ -72,9 +71,7 @@ def accept_one(args: Any, name: str, peer: str) -> Any:
     try:
         note(f"{name}: listening on {listener.address}")
         if args.ready_file:
-            tmp = Path(args.ready_file + ".tmp")
-            tmp.write_text(f"{listener.address}\n")
-            tmp.replace(args.ready_file)
+            write_atomic(args.ready_file, f"{listener.address}\n".encode())
         chan = listener.accept(timeout=args.timeout)
     finally:
         listener.close()
@@ -113,16 +110,53 @@ def load(args: Any) -> Any:
 
 
 def note(message: str) -> None:
-    print(f"migtree: {message}", file=sys.stderr, flush=True)
+    from ..textsafe import safe_lines
+
+    print(f"migtree: {safe_lines(message)}", file=sys.stderr, flush=True)
 
 
 def dump_state(build: Any, path: str | None) -> None:
     if not path:
         return
     from .. import stream
+    from ..files import atomic_output
 
-    with open(path, "wb") as fp:
+    with atomic_output(path) as fp:  # private; a failed write leaves the old file
         stream.save(build.root, fp, registry=build.registry, build_name=build.name)
+
+
+def dump_state_into(report: dict[str, Any], build: Any, path: str | None) -> None:
+    """:func:`dump_state`, its failure recorded in the report instead of
+    raised (the migration's outcome, not the dump, decides the exit status)."""
+    from ..errors import MigtreeError
+
+    try:
+        dump_state(build, path)
+    except (OSError, MigtreeError) as e:
+        report["dump_state_error"] = f"--dump-state {path}: {e}"
+        note(f"WARNING: {report['dump_state_error']}")
+
+
+def print_report(report: dict[str, Any], as_json: bool, render: Any) -> None:
+    """The report, as JSON (exact) or as text (terminal-safe); a report that
+    cannot be rendered as text is printed as JSON rather than lost."""
+    if as_json:
+        print_json(report)
+        return
+    from ..textsafe import safe_lines, safe_tree
+
+    try:
+        # every string of the report may come from the peer or a stream;
+        # errors keep their line breaks, indented under the report line
+        shown = safe_tree({k: v for k, v in report.items() if k != "error"})
+        if report.get("error") is not None:
+            shown["error"] = safe_lines(report["error"])
+        text = render(shown)
+    except Exception as e:
+        note(f"WARNING: the text report failed ({type(e).__name__}: {e}); JSON follows")
+        print_json(report)
+        return
+    print(text)
 
 
 def print_json(doc: Any) -> None:

@@ -113,6 +113,8 @@ def _read(path: str, registry: Any, allow_stream: bool) -> tuple[str, Any]:
                 return "stream", open_stream(p, registry)[2]
     try:
         doc = json.loads(data)
+    except RecursionError:
+        raise MigtreeError(f"{path}: JSON nested too deeply to be a description") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         desc = _description(path, data, registry)
         if desc is not None:

@@ -25,8 +25,9 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 from typing import IO, Any
+
+from ..textsafe import safe_block, safe_lines
 
 HELP = "convert a stream between migtree's format and a foreign one (QEMU)"
 
@@ -121,15 +122,15 @@ def _filter(tree: dict[str, Any], header: dict[str, Any], target: Any, registry:
     try:
         report, notes = filter_to_target(tree, target, registry, explain=args.explain)
     except FilterError as e:
-        print(f"migtree convert: refused, nothing written: {e}", file=sys.stderr)
+        print(f"migtree convert: refused, nothing written: {safe_lines(e)}", file=sys.stderr)
         return 1
     if args.explain:
-        print(report.format_text(), file=info)
+        print(safe_block(report.format_text()), file=info)
     else:
         print(f"{target.name}: {len(report.applications)} filter application(s) "
               f"at {len(report.chains())} path(s)", file=info)
     for note in notes:
-        print(f"note: {note}", file=info)
+        print(f"note: {safe_lines(note)}", file=info)
     schemas = getattr(target, "schemas", None)
     if schemas is not None and isinstance(header, dict):
         header["schemas"] = schemas(tree)
@@ -235,16 +236,9 @@ def write_output(output: str, fmt: Any, header: dict[str, Any],
         fmt.write(out, header, tree)
         sys.stdout.buffer.flush()
         return out.size
+    from ..files import atomic_output
+
     target = os.path.abspath(output)
-    fd, tmp = tempfile.mkstemp(prefix=".migtree-convert-", dir=os.path.dirname(target))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fmt.write(f, header, tree)
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    with atomic_output(target) as f:  # private, and the old OUT stays if this fails
+        fmt.write(f, header, tree)
     return os.path.getsize(target)

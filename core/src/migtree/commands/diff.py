@@ -67,7 +67,9 @@ def run(args: Any) -> int:
             src = sys.stdin.buffer if name == "-" else name
             read.append(open_stream(src, registry))
         except (MigtreeError, OSError) as e:
-            print(f"migtree: error: {name}: {e}", file=sys.stderr)
+            from ..textsafe import safe_lines
+
+            print(f"migtree: error: {name}: {safe_lines(e)}", file=sys.stderr)
             return 2
     (fa, _, ta), (fb, _, tb) = read
     result = diff_trees(ta, tb, path=args.path, ignore=args.ignore)
@@ -79,7 +81,9 @@ def run(args: Any) -> int:
                **as_json(result)}
         print(dumps(doc))
     else:
-        print(format_text(result, args.a, fa, args.b, fb))
+        from ..textsafe import safe_block
+
+        print(safe_block(format_text(result, args.a, fa, args.b, fb)))
     return 0 if result["equal"] else 1
 
 

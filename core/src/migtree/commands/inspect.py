@@ -63,6 +63,7 @@ def run(args: Any) -> int:
 
 def render_text(fmt: str, header: dict[str, Any], tree: dict[str, Any], *, name: str = "",
                 size: int | None = None, full: bool = False) -> str:
+    from ..textsafe import safe
     from ..tree import STASH_KEY, TYPE_KEY, VERSION_KEY, is_object_node, iter_object_nodes
 
     out: list[str] = []
@@ -104,7 +105,9 @@ def render_text(fmt: str, header: dict[str, Any], tree: dict[str, Any], *, name:
                 continue
             label = "__stash__ (kept for the way back)" if k == STASH_KEY else k
             _field_lines(out, label, v, "    ", full)
-    return "\n".join(_clip(line, full) for line in out)
+    # every line holds names and values from the stream: escaped, so a
+    # stream cannot drive the terminal (migtree.textsafe); --json stays exact
+    return "\n".join(_clip(safe(line), full) for line in out)
 
 
 def _clip(line: str, full: bool) -> str:

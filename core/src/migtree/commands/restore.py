@@ -65,14 +65,17 @@ def run(args: Any) -> int:
         A.print_json(report)
         return 0
     producer = header.get("producer") or {}
-    print(f"restored {args.stream} ({fmt} stream written by {producer.get('build', '?')}, "
-          f"{producer.get('name', '?')} {producer.get('version', '?')}) into {build.name} "
-          f"({build.backend.name})")
+    from ..textsafe import safe, safe_block
+
+    # the producer's names come from the stream: escaped (migtree.textsafe)
+    print(f"restored {args.stream} ({fmt} stream written by "
+          f"{safe(producer.get('build', '?'))}, {safe(producer.get('name', '?'))} "
+          f"{safe(producer.get('version', '?'))}) into {build.name} ({build.backend.name})")
     if args.explain:
-        print(freport.format_text())
+        print(safe_block(freport.format_text()))
     else:
         print("filters applied:")
-        print("\n".join(A.format_filters(report["filters"])))
+        print(safe_block("\n".join(A.format_filters(report["filters"]))))
     print(f"loaded {len(lreport.loaded)} objects")
     print("\n".join(A.format_stash(report["load"], indent="")))
     for name, summary in (report.get("workloads") or {}).items():

@@ -4,6 +4,7 @@ destination, no commit). ``-o -`` writes to stdout."""
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from typing import Any
 
@@ -31,16 +32,15 @@ def run(args: Any) -> int:
     workloads = M.select_workloads(build, args.workload)
     M.run_workloads("start", build, workloads, args.seed)
     to_stdout = args.output == "-"
-    fp = sys.stdout.buffer if to_stdout else open(args.output, "wb")
-    try:
-        with Progress(f"saving {build.name}") as bar:
-            if args.no_progress:
-                bar.enabled = False
-            out = CountingWriter(fp, bar)
-            stream.save(build.root, out, registry=build.registry, build_name=build.name)
-    finally:
-        if not to_stdout:
-            fp.close()
+    from ..files import atomic_output
+
+    # a file is written whole or not at all: a failed save leaves the old one
+    with (contextlib.nullcontext(sys.stdout.buffer) if to_stdout
+          else atomic_output(args.output)) as fp, Progress(f"saving {build.name}") as bar:
+        if args.no_progress:
+            bar.enabled = False
+        out = CountingWriter(fp, bar)
+        stream.save(build.root, out, registry=build.registry, build_name=build.name)
     objects = sum(1 for _ in build.root.walk())
     A.note(f"saved {build.name}: {objects} objects, {A.human_bytes(out.count)}"
            + ("" if to_stdout else f" to {args.output}")

@@ -75,14 +75,13 @@ def run(args: Any) -> int:
             report["workloads"] = M.run_workloads("check", build, workloads)
         except M.MigrationError as e:
             report["workload_error"] = str(e)
-    A.dump_state(build, args.dump_state)
-    if args.json:
-        A.print_json(report)
-    else:
-        print(format_report(report))
-    if res.outcome == "committed":
-        return 0
-    return 3 if res.outcome == "unconfirmed" else 1
+    # The exit status is decided by the outcome alone, before anything else
+    # can fail: after COMMIT the destination may run the VM, so a failed dump
+    # or report must never turn "committed" into "failed, the source resumed".
+    status = 0 if res.outcome == "committed" else 3 if res.outcome == "unconfirmed" else 1
+    A.dump_state_into(report, build, args.dump_state)
+    A.print_report(report, args.json, format_report)
+    return status
 
 
 def format_report(r: dict[str, Any]) -> str:

@@ -77,11 +77,8 @@ def run(args: Any) -> int:
         except M.MigrationError as e:  # the VM runs here now; its workload broke
             report["workload_error"] = str(e)
             ok = False
-    A.dump_state(build, args.dump_state)
-    if args.json:
-        A.print_json(report)
-    else:
-        print(format_report(report))
+    A.dump_state_into(report, build, args.dump_state)
+    A.print_report(report, args.json, format_report)
     return 0 if ok else 1
 
 

@@ -591,7 +591,10 @@ class _Compare:
         d_all = _fields(d_desc)
         sf = _read_at(_fields(s_desc), s_ver)
         df = _read_at(d_all, d_ver)
-        later = {f["key"]: f for f in d_all if f not in df}
+        # by identity: df is a subset of d_all and every entry's key is unique,
+        # and a list membership test here was quadratic in the field count
+        read = {id(f) for f in df}
+        later = {f["key"]: f for f in d_all if id(f) not in read}
         sm = difflib.SequenceMatcher(None, [f["key"] for f in sf], [f["key"] for f in df],
                                      autojunk=False)
         removed: list[dict[str, Any]] = []

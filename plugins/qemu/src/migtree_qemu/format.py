@@ -14,12 +14,14 @@ ones fill in what it does not place.
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any
 
 from . import placement, qevm, qompaths
+from .errors import QemuEncodeError, QemuStreamError
 from .tree import OpaqueCodec, stream_to_tree, tree_schemas, tree_to_stream
 
 FORMAT_NAME = "qemu"
@@ -136,8 +138,36 @@ class QemuStreamFormat:
 
     def write(self, fp: IO[bytes], header: Mapping[str, Any] | None,
               tree: Mapping[str, Any]) -> int:
-        """Write *tree* (from :meth:`read`, possibly filtered) as QEVM."""
-        return qevm.dump(tree_to_stream(tree, decoders=self.decoders()), fp)
+        """Write *tree* (from :meth:`read`, possibly filtered) as QEVM.
+
+        What is written is read back by the QEMU reader before this returns
+        (when *fp* can seek): output the reader would refuse -- a bad page
+        size, a section name QEMU could not have written -- is an error
+        here, not a file that fails later in QEMU."""
+        stream = tree_to_stream(tree, decoders=self.decoders())
+        start = fp.tell() if fp.seekable() else None
+        try:
+            n = qevm.dump(stream, fp)
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError, OverflowError,
+                RecursionError, UnicodeError) as e:
+            if isinstance(e, QemuStreamError):
+                raise
+            raise QemuEncodeError(f"the tree cannot be written as a QEMU stream: "
+                                  f"{type(e).__name__}: {e}") from None
+        fp.flush()
+        name = getattr(fp, "name", None)
+        src: Any = None
+        if isinstance(fp, io.BytesIO) and start is not None:
+            src = fp.getvalue()[start:start + n]
+        elif isinstance(name, str) and start == 0 and os.path.isfile(name):
+            src = name  # read back from the file (mapped, not copied)
+        if src is not None:
+            try:
+                qevm.load(src, ram="skip").close()
+            except QemuStreamError as e:
+                raise QemuEncodeError(f"the QEMU stream this tree gives would be refused by "
+                                      f"the reader, so it is not written: {e}") from None
+        return n
 
 
 def _paths_beside(fp: Any) -> Any:

@@ -39,7 +39,7 @@ OLDEST = (5, 0)
 def parse(name: str) -> tuple[str, tuple[int, int]] | None:
     """``("i440fx", (7, 2))`` for ``pc-i440fx-7.2``; None for a machine type
     that is not a versioned pc/q35 one."""
-    m = _NAME.match(name)
+    m = _NAME.fullmatch(name)
     if m is None:
         return None
     return m.group(1), (int(m.group(2)), int(m.group(3)))

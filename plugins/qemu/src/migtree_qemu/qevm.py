@@ -32,7 +32,6 @@ import io
 import json
 import mmap
 import os
-import shutil
 import stat
 import tempfile
 from collections.abc import Callable, Iterator
@@ -466,6 +465,7 @@ def load(
     ram: RamMode = "reference",
     vmdesc: dict[str, Any] | bytes | None = None,
     footers: bool | None = None,
+    max_size: int | None = None,
 ) -> QemuStream:
     """Decode a QEVM stream.
 
@@ -481,14 +481,26 @@ def load(
         stream cut before its end); JSON bytes or the parsed dict
     :param footers: whether sections end with footers; None detects it from
         the first section
+    :param max_size: the largest stream accepted (default
+        :data:`MAX_STREAM_SIZE`); a pipe is spooled to a temporary file only
+        up to it
     :raises QemuStreamError: (a subclass) naming section, field and offset
     """
+    limit = MAX_STREAM_SIZE if max_size is None else max_size
     fileobj: BinaryIO | None = None
     if isinstance(source, (bytes, bytearray, memoryview)):
         buf: Any = bytes(source) if isinstance(source, memoryview) else source
+        if len(buf) > limit:
+            raise QemuStreamError(f"the stream is {len(buf)} bytes, above the limit of "
+                                  f"{limit}", offset=0)
     else:
-        fileobj, owned = _regular_file(source)
+        fileobj, owned = _regular_file(source, limit)
         size = os.fstat(fileobj.fileno()).st_size
+        if size > limit:
+            if owned:
+                fileobj.close()
+            raise QemuStreamError(f"the stream is {size} bytes, above the limit of {limit}",
+                                  offset=0)
         buf = mmap.mmap(fileobj.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
         if not owned:
             fileobj = None  # the caller's file: not ours to close
@@ -505,7 +517,20 @@ def load(
     return stream
 
 
-def _regular_file(source: Any) -> tuple[BinaryIO, bool]:
+#: the reader's memory bound (docs/wire-format.md, "Cost"): Python objects
+#: kept while decoding, per input byte (RAM pages with ram="copy" are their
+#: own size on top; "reference" and "skip" keep none). Measured worst case,
+#: many one-byte device sections: about 22
+READ_BYTES_PER_INPUT_BYTE = 64
+READ_BYTES_BASE = 1 << 20
+
+#: the largest QEMU stream read (the same bound as the migtree format's
+#: Limits.max_total_size): a file above it is refused, and a pipe is spooled
+#: to a temporary file only up to it
+MAX_STREAM_SIZE = 64 << 30
+
+
+def _regular_file(source: Any, limit: int = MAX_STREAM_SIZE) -> tuple[BinaryIO, bool]:
     """An open regular file for *source* (a path or a binary file) and
     whether we opened it.  A pipe, socket or in-memory file (or a file not
     at its start: the stream begins where it is) is first copied to a
@@ -519,8 +544,18 @@ def _regular_file(source: Any) -> tuple[BinaryIO, bool]:
             return source, False
     except (AttributeError, OSError, io.UnsupportedOperation):
         pass
-    tmp = tempfile.TemporaryFile()
-    shutil.copyfileobj(source, tmp, 1 << 20)
+    tmp = tempfile.TemporaryFile()  # private (0600) and already unlinked
+    total = 0
+    try:
+        while chunk := source.read(1 << 20):
+            total += len(chunk)
+            if total > limit:
+                raise QemuStreamError(f"the stream is longer than the limit of {limit} bytes "
+                                      f"(stopped spooling it at {total})", offset=limit)
+            tmp.write(chunk)
+    except BaseException:
+        tmp.close()
+        raise
     tmp.flush()
     return tmp, True
 
@@ -642,7 +677,32 @@ class _Reader:
                 f"{self.vmdesc_at - cur.pos} unexpected bytes between EOF and "
                 f"the VMDESCRIPTION",
             )
+        else:
+            self.check_vmdesc_written_back(stream)
         return stream
+
+    def check_vmdesc_written_back(self, stream: QemuStream) -> None:
+        """The writer renders the vmdesc from the decoded sections in QEMU's
+        own JSON style; a vmdesc it would not write back byte for byte was
+        edited (or made by something other than QEMU) and is refused, so
+        what the reader accepts is what the writer reproduces."""
+        assert self.vmdesc_at is not None
+        have = bytes(self.buf[self.vmdesc_at + 5:])
+        try:
+            want = qemu_json(stream.vmdesc_object(), stream.vmdesc_style).encode("utf-8")
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise self.err(QemuVmdescMismatchError,
+                           f"the VMDESCRIPTION does not describe the sections as QEMU "
+                           f"would ({type(e).__name__}: {e})", self.vmdesc_at) from None
+        if have != want:
+            at = next((i for i, (x, y) in enumerate(zip(have, want, strict=False)) if x != y),
+                      min(len(have), len(want)))
+            raise self.err(
+                QemuVmdescMismatchError,
+                f"the VMDESCRIPTION is not the JSON QEMU writes for these sections (it "
+                f"differs at its byte {at}: {have[max(at - 20, 0):at + 20]!r}); an edited "
+                f"vmdesc is refused because it could not be written back unchanged",
+                self.vmdesc_at + 5 + at)
 
     def read_configuration(self) -> Configuration:
         cur = self.cur
@@ -705,7 +765,15 @@ class _Reader:
         cur = self.cur
         sid = cur.uint(4, "section id")
         cur.ctx = {"section_id": sid}
+        idstr_at = cur.pos
         idstr = cur.take(cur.uint(1, "idstr length"), "idstr").decode("latin-1")
+        if not idstr or any(c < " " or "\x7f" <= c <= "\xa0" for c in idstr):
+            # QEMU's section names are printable ("0000:00:03.0/virtio-blk"); a
+            # control character would become an object path the reader refuses
+            # later, or reach a terminal
+            raise self.err(QemuStreamError,
+                           f"section name {idstr!r} is empty or holds control characters",
+                           idstr_at)
         instance = cur.uint(4, "instance id")
         version = cur.uint(4, "version id")
         cur.ctx = {"section": idstr, "section_id": sid, "instance_id": instance}

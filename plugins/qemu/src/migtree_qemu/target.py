@@ -542,6 +542,9 @@ def _check_desc(desc: Any, where: str, depth: int) -> None:
     for k in ("version_id", "minimum_version_id"):
         if k in desc and type(desc[k]) is not int:
             raise QemuTargetError(f"{where}: {desc['name']}.{k} is not an integer")
+    for k in ("Fields", "Subsections"):
+        if not isinstance(desc.get(k, []), list):
+            raise QemuTargetError(f"{where}: {desc['name']}.{k} is not a list")
     for f in desc.get("Fields", []):
         if not isinstance(f, dict) or not isinstance(f.get("field"), str):
             raise QemuTargetError(f"{where}: {desc['name']} has a field without a name")

@@ -473,7 +473,68 @@ def _config_from_plain(d: Mapping[str, Any] | None) -> Configuration | None:
 def tree_to_stream(tree: Mapping[str, Any], *, decoders: Decoders | None = None) -> QemuStream:
     """The QEMU stream of a tree made by :func:`stream_to_tree` (possibly
     edited or filtered).  Nodes are found by their ``__qemu__`` identity,
-    wherever filters moved them."""
+    wherever filters moved them.
+
+    The ``__qemu__`` metadata comes from a stream (a migtree stream someone
+    may have edited): its shape is checked first (:func:`_check_meta`), and
+    whatever else is wrong in it ends as a :class:`QemuEncodeError`, never
+    as a Python exception from the middle of the writer."""
+    if isinstance(tree, Mapping) and isinstance(tree.get("machine"), Mapping) \
+            and QEMU_KEY in tree["machine"]:
+        _check_meta(tree["machine"][QEMU_KEY])
+    try:
+        return _tree_to_stream(tree, decoders)
+    except QemuEncodeError:
+        raise
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, OverflowError,
+            RecursionError, UnicodeError) as e:
+        raise QemuEncodeError(f"the tree's QEMU metadata (__qemu__) is malformed: "
+                              f"{type(e).__name__}: {e}") from None
+
+
+_META_TYPES: dict[str, tuple[type, ...]] = {
+    "qevm_version": (int,), "page_size": (int,), "vmdesc": (bool,),
+    "vmdesc_keys": (list, tuple), "order": (list, tuple),
+    "configuration": (dict, type(None)), "vmdesc_style": (str,)}
+
+
+def _check_meta(meta: Any) -> None:
+    """The /machine ``__qemu__`` map: every key the writer reads, its type
+    and range, and every entry of ``order``."""
+    def bad(msg: str) -> QemuEncodeError:
+        return QemuEncodeError(f"/machine __qemu__: {msg}")
+
+    if not isinstance(meta, Mapping):
+        raise bad("not a map")
+    for key, types in _META_TYPES.items():
+        if key == "vmdesc_style" and key not in meta:
+            continue
+        if key not in meta or type(meta[key]) not in types:
+            raise bad(f"{key} is missing or not a {'/'.join(t.__name__ for t in types)}")
+    if not 0 <= meta["qevm_version"] < 1 << 32:
+        raise bad("qevm_version is out of range")
+    ps = meta["page_size"]
+    if not (512 <= ps <= 1 << 30 and ps & (ps - 1) == 0):
+        raise bad(f"page_size {ps} is not a power of two from 512 to 1 GiB")
+    if not all(type(k) is str for k in meta["vmdesc_keys"]):
+        raise bad("vmdesc_keys must be text")
+    for i, e in enumerate(meta["order"]):
+        if isinstance(e, (list, tuple)) and len(e) == 3 and e[0] == "COMMAND":
+            if type(e[1]) is int and 0 <= e[1] < 1 << 16 and isinstance(e[2], (bytes, list)) \
+                    and len(e[2]) < 1 << 16:
+                continue
+        elif isinstance(e, (list, tuple)) and len(e) == 5 and type(e[0]) is str \
+            and e[0] in _KIND_CODES:
+            _, sid, idstr, inst, footer = e
+            if type(sid) is int and 0 <= sid < 1 << 32 and type(idstr) is str \
+                    and 0 < len(idstr.encode("latin-1", "replace")) < 256 \
+                    and type(inst) is int and 0 <= inst < 1 << 32 and type(footer) is bool:
+                continue
+        raise bad(f"order[{i}] is not [\"COMMAND\", number, data] or [kind, section id, "
+                  f"name, instance, footer]")
+
+
+def _tree_to_stream(tree: Mapping[str, Any], decoders: Decoders | None) -> QemuStream:
     decoders = decoders or {}
     machine = tree.get("machine")
     if not isinstance(machine, Mapping) or QEMU_KEY not in machine:

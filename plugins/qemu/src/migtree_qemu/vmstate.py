@@ -186,11 +186,22 @@ class Field:
 # decoding
 
 
+#: the decoding budget of a QEMU stream (docs/wire-format.md, "Cost"): every
+#: element QEMU writes takes at least one byte except empty structs and
+#: zero-sized fields, which real devices use sparingly
+ELEMENTS_PER_BYTE = 2
+ELEMENTS_BASE = 1 << 16
+
+
+def element_budget(size: int) -> int:
+    return ELEMENTS_PER_BYTE * max(size, 0) + ELEMENTS_BASE
+
+
 class Cursor:
     """Reads big-endian values from a buffer, tracking the offset and the
     context (section, field path) for error messages."""
 
-    __slots__ = ("buf", "pos", "end", "ctx", "path")
+    __slots__ = ("buf", "pos", "end", "ctx", "path", "elements_left")
 
     def __init__(self, buf: Any, pos: int = 0, end: int | None = None) -> None:
         self.buf = buf
@@ -198,6 +209,20 @@ class Cursor:
         self.end = len(buf) if end is None else end
         self.ctx: dict[str, Any] = {}
         self.path: list[str] = []
+        #: what decoding may still materialise (objects, fields, array
+        #: elements): bounded by the input's size, so a description whose
+        #: arrays of empty structs nest cannot multiply its cost per level
+        self.elements_left = element_budget(self.end - pos)
+
+    def charge(self, n: int, what: str) -> None:
+        """Account for ``n`` decoded elements; refuse past the budget."""
+        self.elements_left -= n
+        if self.elements_left < 0:
+            raise QemuVmdescMismatchError(
+                f"the vmdesc describes more elements than a stream of {self.end} bytes can "
+                f"hold ({what}): at most {ELEMENTS_PER_BYTE} per byte plus "
+                f"{ELEMENTS_BASE} are decoded (docs/wire-format.md, 'Cost')",
+                **self.where())
 
     def where(self, offset: int | None = None) -> dict[str, Any]:
         return dict(
@@ -292,7 +317,9 @@ def decode_object(
     describes, starting at ``cur.pos``."""
     obj = VMStateObject(desc.get("vmsd_name", ""), desc.get("version", 0),
                         offset=cur.pos)
-    for fdesc in desc.get("fields", []):
+    fdescs = desc.get("fields", [])
+    cur.charge(1 + len(fdescs), "objects and fields")
+    for fdesc in fdescs:
         name = fdesc["name"]
         n = fdesc.get("array_len")
         label = name if "index" not in fdesc else f"{name}[{fdesc['index']}]"
@@ -309,6 +336,7 @@ def decode_object(
                     f"the {cur.end - cur.pos} bytes left",
                     **cur.where(),
                 )
+            cur.charge(n, f"array {label!r} of {n} elements")
             value = []
             used = None
             for i in range(n):
