@@ -633,7 +633,8 @@ def _protocol_seeds() -> list[bytes]:
            "before": "a@1", "after": "b@1", "reason": "destination"}
     msgs = [("HELLO", {**hello, "session": n}),
             ("OFFER", {"protocol": migration.PROTOCOL, "build": "x", "backend": "userspace",
-                       "plugins": {"migtree": "0.1"}, "session": n, "source_session": n}),
+                       "plugins": {"migtree": "0.1"}, "session": n, "source_session": n,
+                       "filtered_by": "source"}),
             ("LOADED", {"filters": {"destination": "d", "nodes": 3, "applications": [app],
                                     "chains": {"/machine/x": ["f"]}},
                         "load": {"objects": 3}, "stream_bytes": 100,

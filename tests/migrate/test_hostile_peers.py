@@ -138,7 +138,8 @@ def test_a_replayed_source_session_is_refused_by_the_destination(build, tmp_path
     kind, hello = src.recv_msg(10)
     assert kind == tp.HELLO and protocol.NONCE_RE.fullmatch(hello["session"])
     src.send_msg(tp.OFFER, {"protocol": migration.PROTOCOL, "build": "x", "backend": "y",
-                            "plugins": {}, "session": "a" * 32, "source_session": "b" * 32})
+                            "plugins": {}, "session": "a" * 32, "source_session": "b" * 32,
+                            "filtered_by": "destination"})
     th.join(20)
     src.close()
     dst.close()
