@@ -73,3 +73,15 @@ def test_errors_on_stderr_are_escaped(tmp_path, capsys):
     assert main(["inspect", str(p)]) == 1
     err = capsys.readouterr().err
     assert "\x1b" not in err and "\\x1b[2J" in err
+
+
+def test_explain_escapes_what_the_stream_names(tmp_path, capsys):
+    p = _evil_stream(tmp_path)
+    build_file = tmp_path / "b.toml"
+    build_file.write_text('name = "empty"\n[machine]\ncpus = 0\n')
+    main(["explain", str(p), "--to", str(build_file)])
+    out = capsys.readouterr().out
+    assert "stream " in out and "\\x1b[2J" in out
+    assert "\x1b" not in out and "\u202e" not in out and "\x07" not in out
+    assert not any(line.startswith("source demo") for line in out.splitlines())
+

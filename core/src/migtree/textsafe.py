@@ -59,3 +59,15 @@ def safe_block(text: Any) -> str:
     escaped (its own line breaks kept)."""
     s = text if isinstance(text, str) else str(text)
     return "\n".join(safe(line) for line in s.split("\n"))
+
+
+class SafeWriter:
+    """A text stream's ``write`` through :func:`safe_block`: for a command
+    that composes its report line by line from what a stream or a peer
+    named (each line's control characters escaped, its own breaks kept)."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        return self._stream.write(safe_block(text))

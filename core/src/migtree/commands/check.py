@@ -272,6 +272,9 @@ def run(args: Any) -> int:
         json.dump(report.as_dict(), sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
+        from ..textsafe import safe_block
+
+        # the report names what the two descriptions (or a stream) chose
         sys.stdout.write(f"check {args.source} -> {args.destination}\n")
-        sys.stdout.write(report.format_text() + "\n")
+        sys.stdout.write(safe_block(report.format_text()) + "\n")
     return 0 if report.compatible else 1

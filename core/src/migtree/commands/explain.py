@@ -24,6 +24,8 @@ import json
 import sys
 from typing import Any
 
+from ..textsafe import SafeWriter, safe, safe_lines, safe_tree
+
 HELP = "dry-run the filters a migration of STREAM into BUILD would apply"
 
 
@@ -147,13 +149,13 @@ def run_target(args: Any) -> int:
         json.dump(doc, sys.stdout, indent=2)
         sys.stdout.write("\n")
         return 0 if doc["ok"] else 1
-    out = sys.stdout
-    out.write(f"{doc['format']} stream {args.stream} towards {doc['destination']}\n")
+    out = SafeWriter(sys.stdout)  # names and reasons come from the stream
+    out.write(f"{doc['format']} stream {args.stream} towards {safe(doc['destination'])}\n")
     out.write(report.format_text() + "\n")
     for note in doc["notes"]:
-        out.write(f"note: {note}\n")
+        out.write(f"note: {safe_lines(note)}\n")
     if doc["error"] is not None:
-        out.write(f"REFUSED: {doc['error']}\n")
+        out.write(f"REFUSED: {safe_lines(doc['error'])}\n")
         return 1
     out.write("converts: yes\n")
     return 0
@@ -172,21 +174,21 @@ def run(args: Any) -> int:
         json.dump(doc, sys.stdout, indent=2)
         sys.stdout.write("\n")
         return 0 if doc["ok"] else 1
-    out = sys.stdout
-    producer = doc["producer"] or {}
+    out = SafeWriter(sys.stdout)  # names and reasons come from the stream
+    producer = safe_tree(doc["producer"] or {})
     out.write(f"stream {args.stream} (written by {producer.get('name', '?')} "
               f"{producer.get('version', '?')}"
               + (f", build {producer['build']}" if producer.get("build") else "")
-              + f") into build {build.name}\n")
+              + f") into build {safe(build.name)}\n")
     for note in doc["notes"]:
-        out.write(f"note: {note}\n")
+        out.write(f"note: {safe_lines(note)}\n")
     out.write(report.format_text() + "\n")
     if doc["error"] is not None:
-        out.write(f"FILTERS FAIL: {doc['error']}\n")
+        out.write(f"FILTERS FAIL: {safe_lines(doc['error'])}\n")
         return 1
     load = doc["load"]
     for e in load["errors"]:
-        out.write(f"LOAD FAILS: {e}\n")
+        out.write(f"LOAD FAILS: {safe_lines(e)}\n")
     for p in load["missing"]:
         out.write(f"LOAD FAILS: {p}: the build has an object with state here but the tree "
                   "has no node for it\n")

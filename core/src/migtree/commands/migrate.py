@@ -388,7 +388,9 @@ def run(args: Any) -> int:
         if args.json:
             A.print_json(doc)
         else:
-            print(format_report(doc))
+            from ..textsafe import safe_block
+
+            print(safe_block(format_report(doc)))
         return 0 if ok else 1
     except BaseException:
         keep = True
