@@ -224,6 +224,9 @@ def _compose(config: dict, mcfg: dict, machine: Any, registry: Any, backend: Bac
                 ram = registry.types.create("guest-memory", size=size)
             except (ValueError, OverflowError) as e:
                 raise fail("machine.memory", str(e)) from None
+            except OSError as e:  # the host cannot map that much (ENOMEM, a ulimit)
+                raise fail("machine.memory", f"cannot map {mcfg['memory']!r} of guest RAM "
+                                             f"on this host: {e.strerror or e}") from None
             machine.add_child("ram", ram)
             machine.memory = ram
         backend.create_cpus(machine, cpus, registry)
@@ -256,6 +259,8 @@ def _make_device(dcfg: Any, key: str, registry: Any, base: Any, fail: Any) -> tu
     props = {k: v for k, v in dcfg.items() if k not in _DEVICE_RESERVED}
     for prop in getattr(info.cls, "PATH_PROPS", ()):
         if isinstance(props.get(prop), str):
+            if "\0" in props[prop]:  # no file system path holds one
+                raise fail(f"{key}.{prop}", "a path with a NUL byte")
             props[prop] = str((base / props[prop]).resolve())
     try:
         obj = registry.types.create(type_name, **props)
