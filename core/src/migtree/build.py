@@ -68,6 +68,8 @@ def parse_size(text: str | int) -> int:
     if not isinstance(text, str) or not text:
         raise ValueError(f"expected a size such as '16M', got {text!r}")
     t = text.strip().upper().removesuffix("IB").removesuffix("B")
+    if not t:  # "B", " iB": a unit without a number
+        raise ValueError(f"expected a size such as '16M', got {text!r}")
     suffix = t[-1] if t[-1] in "KMG" else ""
     number = t[: -1] if suffix else t
     if not number.isdigit():
