@@ -377,3 +377,20 @@ def test_cli_free_import_has_no_side_effects():
     out = subprocess.run([sys.executable, "-c", code], input=data, capture_output=True,
                          env=env, check=True).stdout.decode()
     assert "test-widget@2" in out
+
+
+def test_the_fixture_plugins_format_reads_its_own_streams():
+    """tests/plugin_fixtures/good registers a stream format: its reader reads
+    ``FIXT`` + a migtree stream and refuses anything else."""
+    sys.path.insert(0, str(REPO / "tests" / "plugin_fixtures" / "good" / "src"))
+    try:
+        from mtfix_good.plugin import GoodFormat
+    finally:
+        sys.path.pop(0)
+    root, *_ = build()
+    data = stream.save(root, registry=REG, build_name="x")
+    fmt = GoodFormat()
+    assert fmt.sniff(b"FIXT" + data)
+    assert fmt.read(io.BytesIO(b"FIXT" + data)) == stream.read_tree(data)
+    with pytest.raises(StreamError, match="no FIXT magic"):
+        fmt.read(io.BytesIO(data))

@@ -66,7 +66,13 @@ class GoodFormat:
         return head.startswith(b"FIXT")
 
     def read(self, fp):
-        raise NotImplementedError
+        """A fixture stream is ``FIXT`` followed by a migtree stream."""
+        from migtree.errors import StreamError
+        from migtree.stream import read_tree
+
+        if fp.read(4) != b"FIXT":
+            raise StreamError("not a fixture-format stream: no FIXT magic")
+        return read_tree(fp)
 
 
 @attrs.define
