@@ -25,6 +25,7 @@ them through hypothesis (``st.randoms``), the long run
 
 from __future__ import annotations
 
+import atexit
 import gzip
 import hashlib
 import io
@@ -32,6 +33,7 @@ import json
 import os
 import random
 import resource
+import shutil
 import signal
 import struct
 import sys
@@ -710,6 +712,10 @@ def _source_build() -> Any:
         from migtree.build import load_build
         d = tempfile.mkdtemp(prefix="migtree-fuzz-")
         _TMP.append(d)
+        owner = os.getpid()
+        # the forked cases inherit this handler; only the process that made
+        # the directory removes it
+        atexit.register(lambda: os.getpid() == owner and shutil.rmtree(d, ignore_errors=True))
         p = Path(d) / "b.toml"
         p.write_bytes(_build_seeds()[0])
         (Path(d) / "disk.img").write_bytes(bytes(1 << 20))
@@ -798,9 +804,15 @@ def _run_session(data: bytes) -> None:
     th = threading.Thread(target=destination, daemon=True)
     th.start()
     src.start(10)
-    res = migration.send(build, src, timeout=10, progress=False)
+    # an unconfirmed commit keeps the source's state in a file (no state is
+    # lost): keep it in the case's directory, check it is there, remove it
+    res = migration.send(build, src, timeout=10, progress=False, keep_dir=_TMP[0])
     src.close()
     th.join(20)
+    if res.outcome == "unconfirmed":
+        if not (res.kept_state and os.path.getsize(res.kept_state) > 0):
+            raise WrongSuccess("an unconfirmed commit did not keep the source's state")
+        os.unlink(res.kept_state)
     report = {"role": "source", "build": build.name, "backend": build.backend.name,
               **res.as_dict()}
     with open(os.devnull, "w") as null:

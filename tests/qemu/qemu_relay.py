@@ -9,9 +9,11 @@ runs as its own process (the real CLI) between ``unix:RELAY`` and
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -28,8 +30,11 @@ MIGTREE = [sys.executable, "-m", "migtree"]
 
 
 def short_dir() -> Path:
-    """A short directory for unix sockets (paths are limited to 107 bytes)."""
-    return Path(tempfile.mkdtemp(prefix="rly"))
+    """A short directory for unix sockets (paths are limited to 107 bytes),
+    removed when the test process ends."""
+    d = Path(tempfile.mkdtemp(prefix="rly"))
+    atexit.register(shutil.rmtree, d, True)
+    return d
 
 
 def control_args(path: Path) -> list[str]:
