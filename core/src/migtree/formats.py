@@ -55,9 +55,17 @@ class StreamFormat:
         report has ``.compatible`` (bool: the destination loads what the
         source sends, through those filters), ``.as_dict()`` (JSON-able;
         ``migtree check --json`` prints it) and ``.format_text()`` (what
-        ``migtree check`` prints). Plugins
-        whose format object is their own class (not this one) give it the
-        same two methods; the core reads them with ``getattr``.
+        ``migtree check`` prints).
+    :ivar carries_stash: optional, default False: the format writes each
+        node's ``__stash__`` and reads it back. When it does not (QEMU's),
+        ``migtree convert`` keeps the stash in a stash file beside the output
+        (:mod:`migtree.stashfile`), and these two optional methods say how to
+        find each object again in the stream a destination saves back:
+        ``stash_anchor(path, node) -> str`` (default: the path) and
+        ``stash_state(node) -> object`` (what must be unchanged for the stash
+        to go back, CBOR-encodable; default: the node's own fields). Plugins
+        whose format object is their own class (not this one) give it these
+        optional attributes the same way; the core reads them with ``getattr``.
     """
 
     name: str
@@ -68,6 +76,9 @@ class StreamFormat:
     plugin: str | None = None
     read_description: Callable[[bytes], Any] | None = None
     check: Callable[[Any, Any, list[Any]], Any] | None = None
+    carries_stash: bool = False
+    stash_anchor: Callable[[str, dict[str, Any]], str] | None = None
+    stash_state: Callable[[dict[str, Any]], Any] | None = None
 
 
 @attrs.define
@@ -107,7 +118,7 @@ def _write_migtree(fp: IO[bytes], header: dict[str, Any], tree: dict[str, Any]) 
 
 #: our own format, always known (it needs no plugin)
 MIGTREE = StreamFormat("migtree", sniff=sniff_migtree, read=lambda fp: read_tree(fp),
-                       write=_write_migtree,
+                       write=_write_migtree, carries_stash=True,
                        description="migtree CBOR sequence (docs/wire-format.md)",
                        plugin="migtree")
 

@@ -19,6 +19,13 @@ the format a migtree stream says it was converted from (its header's
 ``extra.source_format``). The output is written to a temporary file beside
 OUT and renamed only when complete, so a failed conversion leaves no
 partial stream. ``-`` is stdin / stdout.
+
+A foreign format has no room for the stash (what a filter towards an older
+destination dropped, docs/filters.md 2.10): ``convert`` then writes it to a
+*stash file*, ``OUT.stash`` unless ``--stash-file`` names another, and the
+conversion of what that destination saves back (``--stash-from FILE``) puts
+it back on every object whose own state is unchanged (docs/filters.md 2.18,
+:mod:`migtree.stashfile`).
 """
 
 from __future__ import annotations
@@ -55,6 +62,12 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--accept", action="append", default=[], metavar="KEY",
                    help="with --target: take the target's refusal named KEY as a warning "
                         "(QEMU: a compat property TYPE.PROPERTY the safety analysis refuses)")
+    p.add_argument("--stash-file", metavar="FILE",
+                   help="where to keep the stash when OUT's format has no room for it "
+                        "(default: OUT.stash)")
+    p.add_argument("--stash-from", metavar="FILE",
+                   help="put a stash file's entries back on IN's objects whose state is "
+                        "unchanged since it was written, before filtering")
     p.set_defaults(func=run, convert_parser=p)
 
 
@@ -87,6 +100,11 @@ def run(args: Any) -> int:
         target = open_target(args.target, registry, accept=args.accept)
     elif args.accept:
         args.convert_parser.error("--accept goes with --target")
+    stash_doc = None
+    if args.stash_from:
+        from ..stashfile import read as read_stash_file
+
+        stash_doc = read_stash_file(args.stash_from)  # refused before reading IN
     offsets: dict[str, int] = {}
     src, header, tree = read_input(args.input, args.from_format, registry, known, offsets)
     info = sys.stderr if args.output == "-" else sys.stdout
@@ -94,6 +112,12 @@ def run(args: Any) -> int:
         from ..validate import validate_tree  # the stream's own layout, before filtering
 
         validate_tree(tree, registry, header=header, offsets=offsets)
+    if stash_doc is not None:
+        from ..stashfile import apply as apply_stash_file
+
+        applied = apply_stash_file(tree, stash_doc, known[src])
+        for line in applied.lines(args.stash_from):
+            print(safe_lines(line), file=info)
     if target is not None:
         filtered = _filter(tree, header, target, registry, args, info)
         if filtered is not None:
@@ -103,13 +127,54 @@ def run(args: Any) -> int:
                             default=target.format if target is not None else None)
     except UsageProblem as e:
         args.convert_parser.error(str(e))
+    carries = dst == "migtree" or bool(getattr(known[dst], "carries_stash", False))
+    stash_file = _stash_file(args, dst, carries)
+    entries: list[Any] = []
+    stash_bytes = None
+    if not carries:
+        from ..stashfile import collect, encode
+
+        entries = collect(tree, known[dst])
+        if entries and stash_file is not None:  # refused before anything is written
+            stash_bytes = encode(entries, stream_format=dst,
+                                 target=getattr(target, "name", None))
     size = write_output(args.output, known[dst], header, tree)
     objects = sum(1 for _ in iter_object_nodes(tree))
     what = f"{args.input}: {src} stream, {objects} objects -> {args.output}: {dst} stream"
     if size is not None:
         what += f", {size:,} bytes"
     print(what, file=info)
+    if entries:
+        _keep_stash(entries, stash_file, stash_bytes, dst, info)
     return 0
+
+
+def _stash_file(args: Any, dst: str, carries: bool) -> str | None:
+    """Where the stash goes when the output format has no room for it."""
+    if args.stash_file is not None:
+        if carries:
+            args.convert_parser.error(f"--stash-file: a {dst} stream carries the stash itself")
+        return args.stash_file
+    return None if args.output == "-" or carries else args.output + ".stash"
+
+
+def _keep_stash(entries: list[dict[str, Any]], path: str | None, data: bytes | None,
+                dst: str, info: Any) -> None:
+    from ..stashfile import entry_keys, write
+
+    keys = [k for e in entries for k in entry_keys(e["stash"])]
+    if path is None:
+        print(f"migtree convert: warning: the {dst} stream has no room for the stash "
+              f"({safe_lines(', '.join(keys))}); it is not kept (name a file with "
+              "--stash-file to keep it)", file=sys.stderr)
+        return
+    if data is not None:  # encoded (and checked) before OUT was written
+        write(path, data)
+    print(f"stash: {len(keys)} entr{'y' if len(keys) == 1 else 'ies'} at "
+          f"{len(entries)} object(s) kept in {safe_lines(path)} (the {dst} stream has no room "
+          f"for them): {safe_lines(', '.join(keys))}; converting what the destination "
+          f"saves back with --stash-from {safe_lines(path)} puts them back on the objects "
+          "it did not change", file=info)
 
 
 def _filter(tree: dict[str, Any], header: dict[str, Any], target: Any, registry: Any,

@@ -166,6 +166,15 @@ class PartRule:
                 saved = parent.pop(last)
             if rule.kind == "field":
                 saved = {"value": saved, **_take_field_layout(node, key)}
+            elif rule.kind == "subsection":
+                # the layout keeps the subsection's description (a subsection
+                # without a value is not sent), but a QEMU that loads and
+                # saves the stream describes the section its own way, without
+                # it: the description goes with the value (stash files)
+                slot = _subsection_slot(node, key)
+                if slot is not None and slot[1] is not None:
+                    _stash_put(node, ctx.stash_key, key + LAYOUT_SUFFIX,
+                               {"at": slot[1], "layout": slot[0][slot[1]]})
             _stash_put(node, ctx.stash_key, key, saved)
             return node
 
@@ -186,6 +195,8 @@ class PartRule:
             if rule.access is not None:
                 rule.access[2](node, saved)
                 return node
+            if rule.kind == "subsection":
+                _restore_subsection_layout(node, key, ctx.stash_key)
             if rule.kind == "field":
                 _put_field_layout(node, saved["at"], saved["layout"])
                 saved = saved["value"]
@@ -200,6 +211,63 @@ class PartRule:
                    drops=(key,), description="drop " + desc),
             Filter(self.pair_name + "-restore", self.section, self.section, restore,
                    restores=(key,), description="restore " + desc))
+
+
+#: the stash entry beside a dropped subsection's value that keeps its layout
+LAYOUT_SUFFIX = "#layout"
+
+
+def _subsection_slot(node: Mapping[str, Any], key: str,
+                     ) -> tuple[list[dict[str, Any]], int | None, dict[str, Any]] | None:
+    """Where subsection *key* (dotted through struct fields and
+    subsections, as the node's values are) is described in the node's
+    layout: ``(the subsections list, its index there or None, the whole
+    layout)``; None when the layout has no place for it."""
+    from .tree import _sub_key
+
+    try:
+        whole = json.loads(node[QEMU]["layout"])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+    def find(layout: dict[str, Any], key: str) -> tuple[list[dict[str, Any]], int | None] | None:
+        fields = layout.get("fields", [])
+        taken = {f.get("name"): None for f in fields}
+        subs = layout.setdefault("subsections", [])
+        keys = [_sub_key(layout.get("vmsd_name", ""), sd.get("vmsd_name", ""), taken)
+                for sd in subs]
+        parts = key.split(".")
+        for i in range(len(parts) - 1, 0, -1):
+            head, rest = ".".join(parts[:i]), ".".join(parts[i:])
+            for f in fields:
+                inner = f.get("struct") or (f if "fields" in f else None)
+                if f.get("name") == head and isinstance(inner, dict):
+                    return find(inner, rest)
+            if head in keys:
+                return find(subs[keys.index(head)], rest)
+        return subs, keys.index(key) if key in keys else None
+
+    found = find(whole, key)
+    return None if found is None else (found[0], found[1], whole)
+
+
+def _restore_subsection_layout(node: dict[str, Any], key: str, pair: str) -> None:
+    """Put a dropped subsection's description back into the layout when the
+    layout lost it (a QEMU loaded and saved the section in between)."""
+    saved = None
+    if key + LAYOUT_SUFFIX in (node.get(STASH) or {}).get(pair, {}):
+        saved = _stash_take(node, pair, key + LAYOUT_SUFFIX)
+    slot = _subsection_slot(node, key)
+    if slot is None or slot[1] is not None:
+        return  # described already: the stream never left migtree
+    if not isinstance(saved, dict) or not isinstance(saved.get("layout"), dict):
+        raise ConversionRefused(f"{key}: the section's layout does not describe the "
+                                "subsection and the stash has no description of it")
+    subs, _, whole = slot
+    at = saved.get("at")
+    subs.insert(min(at, len(subs)) if isinstance(at, int) and at >= 0 else len(subs),
+                saved["layout"])
+    node[QEMU]["layout"] = qemu_json(whole)
 
 
 def _take_field_layout(node: dict[str, Any], key: str) -> dict[str, Any]:

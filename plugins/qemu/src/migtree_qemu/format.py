@@ -22,7 +22,7 @@ from typing import IO, Any
 
 from . import placement, qevm, qompaths
 from .errors import QemuEncodeError, QemuStreamError
-from .tree import OpaqueCodec, stream_to_tree, tree_schemas, tree_to_stream
+from .tree import QEMU_KEY, OpaqueCodec, stream_to_tree, tree_schemas, tree_to_stream
 
 FORMAT_NAME = "qemu"
 MAGIC_HEAD = b"QEVM"
@@ -90,6 +90,34 @@ class QemuStreamFormat:
                       "extra": {"source_format": FORMAT_NAME, "machine_type": machine},
                       "schemas": tree_schemas(tree, self.describe)}
         return header, tree
+
+    def stash_anchor(self, path: str, node: Mapping[str, Any]) -> str:
+        """What identifies an object across the QEMUs a stash file travels
+        through (migtree.stashfile): its section's ``idstr`` and instance id,
+        which a QEMU that loads and saves the stream keeps, unlike the path
+        (placed from a QOM walk that may not be beside B's stream); nodes
+        that are not sections (the machine, containers) by path."""
+        meta = node.get(QEMU_KEY)
+        if isinstance(meta, Mapping) and isinstance(meta.get("idstr"), str):
+            return f"section {meta['idstr']} #{meta.get('instance_id')}"
+        return path
+
+    def stash_state(self, node: Mapping[str, Any]) -> list[Any]:
+        """A node's own state for a stash file's fingerprint: its values in
+        wire order, without the section framing (section ids, layout) and
+        without names -- the QEMU that loads and saves a section numbers
+        and describes it its own way, and may name a field differently
+        (pckbd's ``pending_tmp`` is 5.2's ``pending``, the same byte)."""
+        from migtree.tree import own_fields
+
+        def values(v: Any) -> Any:
+            if isinstance(v, Mapping):
+                return [values(x) for x in v.values()]
+            if isinstance(v, (list, tuple)):
+                return [values(x) for x in v]
+            return v
+
+        return values({k: v for k, v in own_fields(dict(node)).items() if k != QEMU_KEY})
 
     def read_description(self, data: bytes) -> Any:
         """A ``-dump-vmstate`` dump for ``migtree check``

@@ -360,6 +360,17 @@ class QemuTarget:
             elif isinstance(value, Mapping):
                 yield from self._object_misfits(value, sdesc, target_s, full_key + ".",
                                                 stashed, Misfit)
+        # a stashed subsection the layout no longer describes (a QEMU loaded
+        # and saved the section in between: it describes only what it has)
+        for key in sorted(stashed):
+            rest = key[len(prefix):] if key.startswith(prefix) else None
+            if not rest or "." in rest or "#" in rest or rest in taken:
+                continue
+            for sname in known:
+                if _sub_key(layout.get("vmsd_name", ""), sname, taken) == rest:
+                    yield Misfit(key, "present",
+                                 f"the target defines subsection {sname!r} again")
+                    break
 
     def _field_misfits(self, layout: Mapping[str, Any], target_fields: list[dict[str, Any]],
                        desc: Mapping[str, Any], prefix: str, stashed: set[str],
