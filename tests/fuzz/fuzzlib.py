@@ -896,6 +896,60 @@ def _mutate_target(rnd: random.Random, data: bytes) -> bytes:
     return json.dumps(doc, default=str).encode()
 
 
+# stash files ----------------------------------------------------------------------------------
+
+def _stash_tree() -> dict[str, Any]:
+    return {"__type__": "container", "__version__": 1,
+            "a": {"__type__": "dev", "__version__": 2, "x": 1, "y": [1, 2], "b": b"\x00\x01",
+                  "__stash__": {"dev-v3-v2": {"z": 7, "w": {"n": [1, "t"]}}},
+                  "kid": {"__type__": "dev", "__version__": 2, "x": 5,
+                          "__stash__": {"p": {"q": None}}}},
+            "b": {"__type__": "dev", "__version__": 2, "x": 2}}
+
+
+def _stash_seeds() -> list[bytes]:
+    from migtree import stashfile
+    tree = _stash_tree()
+    return [stashfile.encode(stashfile.collect(tree, None), stream_format="qemu",
+                             target="T")]
+
+
+def _mutate_stash(rnd: random.Random, data: bytes) -> bytes:
+    import cbor2
+    if rnd.random() < 0.3:
+        return mutate_bytes(rnd, data)
+    doc = cbor2.loads(data)
+    doc = mutate_doc(rnd, doc, keys=["format", "version", "stream_format", "target", "entries",
+                                     "anchor", "path", "state", "stash", "/a", "/a/kid"],
+                     cbor=True)
+    try:
+        return cbor2.dumps(doc)
+    except Exception:
+        return data
+
+
+def _run_stash(data: bytes) -> None:
+    """convert --stash-from: read the file (every check), then put it back
+    on a tree; a stash that goes back must be the file's own."""
+    from migtree import stashfile
+    with tempfile.NamedTemporaryFile(suffix=".stash") as f:
+        f.write(data)
+        f.flush()
+        doc = stashfile.read(f.name)
+    tree = _stash_tree()
+    for node in (tree["a"], tree["a"]["kid"]):
+        node.pop("__stash__")
+    done = stashfile.apply(tree, doc, None)
+    entries = {e["anchor"]: e["stash"] for e in doc["entries"]}
+    for path, _ in done.restored:
+        node = tree
+        for part in path.strip("/").split("/"):
+            node = node[part] if part else node
+        if node.get("__stash__") != entries[path]:
+            raise WrongSuccess(f"{path}: put back a stash that is not the file's")
+    "\n".join(done.lines("f"))
+
+
 def targets() -> dict[str, Target]:
     clean = _errors()
     qclean = _qemu_clean()
@@ -918,5 +972,7 @@ def targets() -> dict[str, Target]:
                _build_seeds, _mutate_build, _run_build, clean),
         Target("target-file", "check --to / convert --target descriptions (-dump-vmstate)",
                _target_seeds, _mutate_target, _run_target, qclean),
+        Target("stash-file", "convert --stash-from files: read (every check), put back",
+               _stash_seeds, _mutate_stash, _run_stash, clean),
     ]
     return {t.name: t for t in ts}
