@@ -54,7 +54,8 @@ class RelayingFormat(JtreeFormat):
         report, notes = convert(tree)
         with open(destination, "wb") as f:
             jtree_write(f, header, tree)
-        return RelayResult(report, notes, len(open(destination, "rb").read()))
+        # the notes come as a callable, asked for once the state is sent
+        return RelayResult(report, notes(), len(open(destination, "rb").read()))
 
 
 class Plugin:

@@ -138,3 +138,72 @@ def test_unknown_configuration_subsection_and_version():
     s.configuration.state.subsections[0].version = 2
     with pytest.raises(QemuVersionError, match="configuration/uuid.*version 2"):
         qevm.loads(qevm.dumps(s))
+
+
+# -- sizes are counted, not encoded (the vmdesc asks for every field's size) --------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from migtree_qemu.vmstate import INT_TYPES, encode_object, encoded_size  # noqa: E402
+
+
+@st.composite
+def _objects(draw, depth=0):
+    fields = []
+    for i in range(draw(st.integers(0, 4))):
+        kind = draw(st.sampled_from(["int", "bool", "bytes", "float", "irq", "cap", "null",
+                                     "struct"] if depth < 2 else ["int", "bytes", "bool"]))
+        if kind == "int":
+            t = draw(st.sampled_from(sorted(INT_TYPES)))
+            width, signed = INT_TYPES[t]
+            lo = -(1 << (8 * width - 1)) if signed else 0
+            ints = st.integers(lo - 2, lo + (1 << (8 * width)) + 1)  # a few out of range
+            if draw(st.booleans()):
+                n = draw(st.integers(0, 3))
+                fields.append(Field(f"f{i}", t, draw(st.lists(ints, min_size=n, max_size=n)),
+                                    array_len=n))
+            else:
+                fields.append(Field(f"f{i}", t, draw(ints)))
+        elif kind == "bool":
+            fields.append(Field(f"f{i}", "bool", draw(st.booleans())))
+        elif kind == "bytes":
+            fields.append(Field(f"f{i}", draw(st.sampled_from(["buffer", "unused", "capability"])),
+                                draw(st.binary(max_size=9))))
+        elif kind == "float":
+            fields.append(Field(f"f{i}", "float64", draw(st.floats(allow_nan=False))))
+        elif kind == "irq":
+            fields.append(Field(f"f{i}", "pci irq state", draw(st.lists(
+                st.integers(-2**31, 2**31 - 1), min_size=4, max_size=4))))
+        elif kind == "cap":
+            fields.append(Field(f"f{i}", "capability", draw(st.text("abc", max_size=5))))
+        elif kind == "null":
+            fields.append(Field(f"f{i}", "struct", NULLPTR))
+        else:
+            fields.append(Field(f"f{i}", "struct", draw(_objects(depth=depth + 1))))
+    subs = [draw(_objects(depth=depth + 1)) for _ in range(draw(st.integers(0, 1 if depth < 2
+                                                                            else 0)))]
+    return VMStateObject(draw(st.text("xyz/", min_size=1, max_size=6)), 1, fields, subs)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_objects())
+def test_a_counted_size_is_the_encoded_length(obj):
+    """encoded_size counts what encode_object would write; where encoding
+    refuses a value (out of range), the size refuses the same way."""
+    from migtree_qemu.errors import QemuEncodeError
+
+    out = bytearray()
+    try:
+        encode_object(out, obj)
+    except QemuEncodeError:
+        with pytest.raises(QemuEncodeError):
+            encoded_size(obj)
+        return
+    assert encoded_size(obj) == len(out)
+    for f in obj.fields:
+        for v in (f.value if f.array_len is not None else [f.value]):
+            part = bytearray()
+            from migtree_qemu.vmstate import _encode_element
+            _encode_element(part, f, v, f.label)
+            assert encoded_size(v, f) == len(part)

@@ -126,13 +126,16 @@ def open_target(path: str, registry: Any, *, accept: list[str] | tuple[str, ...]
 
 
 def filter_to_target(tree: dict[str, Any], target: Target, registry: Any, *,
-                     explain: bool = True) -> tuple[Any, list[str]]:
+                     explain: bool = True, notes: bool = True) -> tuple[Any, list[str]]:
     """Drive *tree* (in place) to *target* with the installed filters and
     the target's own: ``(FilterReport, notes)``.  Raises
     :class:`migtree.errors.FilterError` (with ``.report``) when it cannot:
-    nothing is written by anyone before that."""
+    nothing is written by anyone before that.  ``notes=False`` leaves the
+    notes out (an empty list): they only inform, so a live relay asks for
+    them (``target.notes(tree)``) after the converted state is on its way,
+    not inside the guest's pause."""
     from .engine import apply_filters, gather_filters
 
     filters = gather_filters(registry) + list(target.filters())
     report = apply_filters(tree, target.destination(tree), filters, explain=explain)
-    return report, list(target.notes(tree))
+    return report, list(target.notes(tree)) if notes else []

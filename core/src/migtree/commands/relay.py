@@ -67,9 +67,15 @@ def run(args: Any) -> int:
         args.relay_parser.error(f"{target.name} loads format {target.format!r}, which cannot "
                                 "relay a live migration (no relay capability)")
     info = sys.stderr if args.destination == "-" else sys.stdout
+    from ..visitor import precompile
 
-    def convert(tree: dict[str, Any]) -> tuple[Any, list[str]]:
-        return filter_to_target(tree, target, registry, explain=args.explain)
+    precompile(registry)  # not inside the guest's pause, on first use
+
+    def convert(tree: dict[str, Any]) -> tuple[Any, Any]:
+        # the notes (compat properties, the safety analysis's lines) only
+        # inform: the relay asks for them once the state is on its way
+        report, _ = filter_to_target(tree, target, registry, explain=args.explain, notes=False)
+        return report, lambda: list(target.notes(tree))
 
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)

@@ -240,9 +240,13 @@ _VIRTIO_SUFFIXES = ("-pci-non-transitional", "-pci-transitional", "-pci-base", "
                     "-device")
 
 
-def devices_of(tree: Mapping[str, Any], qom_type: str, target: Any) -> list[str]:
-    """Paths of the sections of this VM that a property of *qom_type* acts on."""
-    secs = list(_sections(tree))
+def devices_of(tree: Mapping[str, Any], qom_type: str, target: Any,
+               secs: list[tuple[str, Mapping[str, Any]]] | None = None) -> list[str]:
+    """Paths of the sections of this VM that a property of *qom_type* acts
+    on; *secs* is ``list(_sections(tree))`` when the caller has it (the
+    analysis asks for each of some 70 properties, inside a relay's pause)."""
+    if secs is None:
+        secs = list(_sections(tree))
     if qom_type in ("virtio-device", "virtio-pci"):
         return sorted(p for p, n in secs if (n.get(QEMU_KEY) or {}).get("lifted"))
     if qom_type == "pci-device":
@@ -310,8 +314,9 @@ def analyse(tree: Mapping[str, Any], target: Any) -> list[Finding]:
         return []
     accepted = set(getattr(target, "accepted", ()) or ())
     out = []
+    secs = list(_sections(tree))
     for d in diffs:
-        f = _judge(tree, target, d, src)
+        f = _judge(tree, target, d, src, secs)
         if f.verdict == "refuse" and f.key in accepted:
             f = attrs.evolve(f, verdict="warn", reason=f.reason + " (accepted by --accept)")
         out.append(f)
@@ -319,11 +324,12 @@ def analyse(tree: Mapping[str, Any], target: Any) -> list[Finding]:
 
 
 def _judge(tree: Mapping[str, Any], target: Any, d: machines.CompatDifference,
-           src_machine: str) -> Finding:
+           src_machine: str, secs: list[tuple[str, Mapping[str, Any]]] | None = None,
+           ) -> Finding:
     kind = kind_of(d.qom_type, d.property)
     base = dict(qom_type=d.qom_type, property=d.property, source=d.source, target=d.target)
     if kind is None:
-        devs = devices_of(tree, d.qom_type, target)
+        devs = devices_of(tree, d.qom_type, target, secs)
         if not devs:
             return Finding(**base, kind="device", verdict="ok",
                            reason="no such device in this VM")
@@ -333,7 +339,8 @@ def _judge(tree: Mapping[str, Any], target: Any, d: machines.CompatDifference,
     if kind.kind == "migration":
         return Finding(**base, kind=kind.kind, verdict="ok",
                        reason=f"{kind.what}: not guest-visible")
-    devs = sorted({p for t in (kind.on or (d.qom_type,)) for p in devices_of(tree, t, target)})
+    devs = sorted({p for t in (kind.on or (d.qom_type,))
+                   for p in devices_of(tree, t, target, secs)})
     if kind.pcie and (machines.parse(src_machine) or ("",))[0] != "q35":
         devs = []  # an i440fx machine has no PCI Express devices
     if not devs:

@@ -241,6 +241,7 @@ class Relay:
         self.tee_in = tee_in
         self.tee_out = tee_out
         self.result = RelayResult()
+        self._notes: Any = []
 
     def warm_up(self) -> None:
         """Run the conversion once on a configuration of the target's machine
@@ -348,7 +349,8 @@ class Relay:
                     sent_prefix += head + body + foot
                 elif kind == qevm.SECTION_END:
                     # the pages went by; the conversion sees an empty END
-                    skeleton += head + struct.pack(">Q", qevm.RAM_EOS) + foot
+                    self._ram_end = head + struct.pack(">Q", qevm.RAM_EOS) + foot
+                    skeleton += self._ram_end
                     break
             elif kind == qevm.COMMAND:
                 cmd = src.uint(2, "a command")
@@ -396,6 +398,8 @@ class Relay:
         forward(out_tail)
         res.device_bytes_out = len(out_tail)
         res.t_sent = time.monotonic()
+        if callable(self._notes):
+            res.notes = list(self._notes())
 
     @staticmethod
     def _complete(src: _Source) -> bool:
@@ -545,7 +549,9 @@ class Relay:
         the converted stream."""
         tree = self._tree_of(data, stage)
         report, notes = self.convert(tree)
-        self.result.report, self.result.notes = report, notes
+        # notes may come as a callable: asked for after the state is sent
+        self.result.report, self._notes = report, notes
+        self.result.notes = [] if callable(notes) else list(notes)
         return tree_to_stream(tree, decoders=self.decoders)
 
     def _convert_configuration(self, header: bytes, config: bytes) -> bytes:
@@ -562,30 +568,23 @@ class Relay:
     def _convert_device_state(self, skeleton: bytes, sent_prefix: bytes,
                               tail_start: int) -> bytes:
         """The converted skeleton after its RAM END section, once its part
-        before that section is checked to be what was already sent."""
+        up to that section is checked to be what was already sent (encoded
+        once: this runs inside the guest's pause)."""
         conv = self._convert(skeleton, "device state")
-        ends = [i for i, s in enumerate(conv.items)
-                if isinstance(s, qevm.Section) and s.kind == qevm.SECTION_END]
-        if not ends:
-            raise QemuRelayError("the converted stream has no RAM END section",
-                                 offset=tail_start)
-        items, vmdesc = conv.items, conv.vmdesc
-        try:  # the part before the END section: written alone, without EOF
-            conv.items, conv.vmdesc = items[:ends[-1]], False
-            prefix = qevm.dumps(conv)[:-1]
-            conv.items = items[:ends[-1] + 1]
-            cut = len(qevm.dumps(conv)) - 1
-        finally:
-            conv.items, conv.vmdesc = items, vmdesc
-        if prefix != sent_prefix:
-            pairs = zip(prefix, sent_prefix, strict=False)
-            at = next((i for i, (a, b) in enumerate(pairs) if a != b),
-                      min(len(prefix), len(sent_prefix)))
+        full = qevm.dumps(conv)
+        n = len(sent_prefix)
+        if full[:n] != sent_prefix:
+            at = next((i for i, (a, b) in enumerate(zip(full, sent_prefix, strict=False)) if a != b),
+                      min(len(full), n))
             raise QemuRelayError(
                 "the conversion changed what was already sent to the destination (byte "
                 f"{at} of the set-up part: configuration, RAM set-up, commands)",
                 offset=at)
-        return qevm.dumps(conv)[cut:]
+        end = getattr(self, "_ram_end", None)
+        if end is None or full[n:n + len(end)] != end:
+            raise QemuRelayError("the converted stream does not go on with the RAM END "
+                                 "section the source sent", offset=tail_start)
+        return full[n + len(end):]
 
 
 # ---------------------------------------------------------------------------

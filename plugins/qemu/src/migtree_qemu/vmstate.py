@@ -502,6 +502,15 @@ def encode_object(out: bytearray, obj: VMStateObject, prefix: str = "") -> None:
 
 
 def encoded_size(obj: Any, f: Field | None = None) -> int:
+    """The bytes *obj* (an object, or an element of field *f*) takes on the
+    wire: counted, not encoded (describing a vmdesc asks for the size of
+    every field, and encoding each struct again at every level made that
+    quadratic in the nesting -- this runs inside a relay's pause).  A value
+    the counting does not know is encoded, which also raises what the
+    encoder would."""
+    size = _size_of(obj, f)
+    if size is not None:
+        return size
     buf = bytearray()
     if isinstance(obj, VMStateObject):
         encode_object(buf, obj)
@@ -509,6 +518,51 @@ def encoded_size(obj: Any, f: Field | None = None) -> int:
         assert f is not None
         _encode_element(buf, f, obj, f.label)
     return len(buf)
+
+
+def _size_of(value: Any, f: Field | None) -> int | None:
+    """:func:`encode_object`'s / :func:`_encode_element`'s output length,
+    or None when only encoding can tell (or refuse)."""
+    if isinstance(value, VMStateObject):
+        total = 0
+        for g in value.fields:
+            if g.array_len is None:
+                n = _size_of(g.value, g)
+            else:
+                if not isinstance(g.value, list) or len(g.value) != g.array_len:
+                    return None
+                n = 0
+                for v in g.value:
+                    m = _size_of(v, g)
+                    if m is None:
+                        return None
+                    n += m
+            if n is None:
+                return None
+            total += n
+        for sub in value.subsections:
+            n = _size_of(sub, None)
+            if n is None:
+                return None
+            total += 6 + len(sub.vmsd_name.encode("latin-1")) + n
+        return total
+    if value is NULLPTR:
+        return 1
+    if f is None:
+        return None
+    ftype = f.type
+    if ftype in INT_TYPES:
+        if isinstance(value, bool) or not isinstance(value, int):
+            return None
+        width, signed = INT_TYPES[ftype]
+        lo = -(1 << (8 * width - 1)) if signed else 0
+        return width if lo <= value < lo + (1 << (8 * width)) else None
+    if ftype == "bool" and isinstance(value, bool):
+        return 1
+    if isinstance(value, (bytes, bytearray, memoryview)) and ftype not in (
+            "capability", "float64", "pci irq state"):
+        return len(value)
+    return None
 
 
 # ---------------------------------------------------------------------------
