@@ -574,8 +574,8 @@ class Relay:
         full = qevm.dumps(conv)
         n = len(sent_prefix)
         if full[:n] != sent_prefix:
-            at = next((i for i, (a, b) in enumerate(zip(full, sent_prefix, strict=False)) if a != b),
-                      min(len(full), n))
+            pairs = zip(full, sent_prefix, strict=False)
+            at = next((i for i, (a, b) in enumerate(pairs) if a != b), min(len(full), n))
             raise QemuRelayError(
                 "the conversion changed what was already sent to the destination (byte "
                 f"{at} of the set-up part: configuration, RAM set-up, commands)",
