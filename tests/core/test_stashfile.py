@@ -119,6 +119,21 @@ def test_a_format_anchors_and_fingerprints_its_own_way():
     assert moved["new"][STASH_KEY] == {"p": {"f": 1}}
 
 
+def test_an_anchor_the_format_gives_twice_falls_back_to_the_path():
+    class Fmt:
+        @staticmethod
+        def stash_anchor(path, node):
+            return "same"
+
+    tree = _tree()
+    entries = stashfile.collect(tree, Fmt)
+    assert [e["anchor"] for e in entries] == ["/a", "/b"]
+    stashfile.encode(entries, stream_format="t", target=None)  # unique: writable
+    bare = strip(tree)
+    assert len(stashfile.apply(bare, {"entries": entries}, Fmt).restored) == 2
+    assert bare == tree
+
+
 def test_the_file_is_private_and_a_failed_write_keeps_the_old_one(tmp_path):
     path = tmp_path / "x.stash"
     old = os.umask(0)

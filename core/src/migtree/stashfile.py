@@ -66,14 +66,24 @@ def state_digest(fmt: Any, node: dict[str, Any]) -> bytes:
     return hashlib.sha256(cbor2.dumps(own, canonical=True)).digest()
 
 
+def _anchored(tree: dict[str, Any], fmt: Any) -> list[tuple[str, str, dict[str, Any]]]:
+    """``(anchor, path, node)`` for every object node; an anchor the format
+    gives more than one node is not one: those nodes are anchored by path."""
+    nodes = [(anchor_of(fmt, path, node), path, node) for path, node in iter_object_nodes(tree)]
+    seen: dict[str, int] = {}
+    for anchor, _, _ in nodes:
+        seen[anchor] = seen.get(anchor, 0) + 1
+    return [(a if seen[a] == 1 else p, p, n) for a, p, n in nodes]
+
+
 def collect(tree: dict[str, Any], fmt: Any) -> list[dict[str, Any]]:
     """The stash entries of every object node of *tree* that carries one,
     anchored and fingerprinted for the format *fmt* the tree is written in."""
     entries = []
-    for path, node in iter_object_nodes(tree):
+    for anchor, path, node in _anchored(tree, fmt):
         stash = node.get(STASH_KEY)
         if stash:
-            entries.append({"anchor": anchor_of(fmt, path, node), "path": path,
+            entries.append({"anchor": anchor, "path": path,
                             "state": state_digest(fmt, node), "stash": stash})
     return entries
 
@@ -226,10 +236,10 @@ def apply(tree: dict[str, Any], doc: dict[str, Any], fmt: Any) -> Applied:
     has one, is kept and the file's entries are added to it."""
     entries = {e["anchor"]: e for e in doc["entries"]}
     done = Applied()
-    for path, node in iter_object_nodes(tree):
+    for anchor, path, node in _anchored(tree, fmt):
         if not entries:
             break
-        e = entries.pop(anchor_of(fmt, path, node), None)
+        e = entries.pop(anchor, None)
         if e is None:
             continue
         keys = entry_keys(e["stash"])
