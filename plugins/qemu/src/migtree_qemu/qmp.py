@@ -73,6 +73,13 @@ class QMPClient:
             raise
         self._sock = sock
         greeting = self._read_message()
+        # a QEMU still starting may emit an event (RESUME, as the guest
+        # starts) on a monitor it accepted before it sends the greeting
+        for _ in range(16):
+            if "event" not in greeting or "QMP" in greeting:
+                break
+            self.events.append(greeting)
+            greeting = self._read_message()
         if "QMP" not in greeting:
             raise QMPError(f"unexpected QMP greeting: {greeting!r}")
         self.greeting = greeting

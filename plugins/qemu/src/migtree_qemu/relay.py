@@ -604,6 +604,27 @@ def parse_address(addr: str) -> tuple[str, Any]:
     raise ValueError(f"{addr!r}: not unix:PATH, tcp:HOST:PORT or -")
 
 
+#: socket buffers of the relay's two connections: every byte of guest RAM
+#: passes through the relay, and the default ~200 KiB buffers of a unix
+#: socket make each side wait for the other several times per megabyte
+SOCKET_BUFFER = 4 << 20
+
+
+def _big_buffers(s: socket.socket) -> None:
+    # SO_*BUF is capped by net.core.{r,w}mem_max (often 208 KiB); the FORCE
+    # variants are not, but need CAP_NET_ADMIN
+    for force, plain in ((getattr(socket, "SO_RCVBUFFORCE", None), socket.SO_RCVBUF),
+                         (getattr(socket, "SO_SNDBUFFORCE", None), socket.SO_SNDBUF)):
+        for opt in (force, plain):
+            if opt is None:
+                continue
+            try:
+                s.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER)
+                break
+            except OSError:  # not allowed: the next, or the default (slower)
+                continue
+
+
 def listen(addr: str) -> socket.socket:
     kind, where = parse_address(addr)
     if kind == "unix":
@@ -635,6 +656,7 @@ def connect(addr: str, timeout: float = 30.0) -> socket.socket:
                           (socket.AF_INET6 if ":" in where[0] else socket.AF_INET))
         try:
             s.connect(where)
+            _big_buffers(s)
             return s
         except OSError as e:
             s.close()
@@ -741,6 +763,7 @@ def relay(source: str, destination: str, target: Any, convert: Any, *,
             say(f"migtree relay: connected to {destination}; listening on {source}: "
                 f"on the source, migrate {source}")
             conn, _ = listener.accept()
+            _big_buffers(conn)
             listener.setblocking(False)
             recv = conn.recv_into
 
