@@ -204,7 +204,7 @@ class SourceResult:
     precopy: dict[str, Any] | None = None
     #: why this migration did not do what was asked (a destination without
     #: pre-copy, a build without guest RAM)
-    notes: list[str] = attrs.Factory(list)
+    mode_notes: list[str] = attrs.Factory(list)
 
     @property
     def committed(self) -> bool:
@@ -463,7 +463,7 @@ def send(build: Any, chan: tp.Channel, *, timeout: float = DEFAULT_TIMEOUT,
                  "filtered_by": plan.side, "session": hello["session"],
                  "source_session": source_nonce}
         if precopy is not None:
-            ram_obj = _precopy_ram(build, hello, res.notes)
+            ram_obj = _precopy_ram(build, hello, res.mode_notes)
             if ram_obj is not None:
                 offer["precopy"] = {"path": ram_obj.path, "size": ram_obj.memory.size,
                                     "page_size": PAGE_SIZE}
