@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import random
+import struct
 import threading
 import time
 from pathlib import Path
@@ -340,19 +341,35 @@ def _hostile(d: Path, runs: list[bytes], pass_msg: dict | None):
     return out["dst"]
 
 
-@pytest.mark.parametrize("run, words", [
-    ((1 << 20).to_bytes(8, "big") + bytes(PAGE_SIZE), "inside"),  # past the end of RAM
-    ((100).to_bytes(8, "big") + bytes(PAGE_SIZE), "whole pages"),  # not aligned
-    ((0).to_bytes(8, "big") + bytes(100), "whole"),  # not whole pages
+def page_frame(runs: list[tuple[int, int]], data: bytes | None = None) -> bytes:
+    """A page frame as docs/cli.md describes it, written here from the text
+    (count, then address and length per run, then the pages)."""
+    head = struct.pack(">I", len(runs)) + b"".join(struct.pack(">QI", g, n) for g, n in runs)
+    return head + (data if data is not None else b"\x01" * sum(n for _, n in runs))
+
+
+@pytest.mark.parametrize("frame, words", [
+    (page_frame([(1 << 20, PAGE_SIZE)]), "inside"),  # past the end of RAM
+    (page_frame([(100, PAGE_SIZE)]), "whole 4096-byte pages"),  # not aligned
+    (page_frame([(0, 100)]), "whole 4096-byte pages"),  # not whole pages
+    (page_frame([(0, PAGE_SIZE)], bytes(10)), "announce 4096 bytes"),  # pages missing
+    (page_frame([(0, PAGE_SIZE)], bytes(2 * PAGE_SIZE)), "the frame holds 8192"),
+    (struct.pack(">I", 5) + bytes(12), "5 runs do not fit"),
+    (b"\x00", "cannot hold a run count"),
 ])
-def test_a_run_that_does_not_fit_is_refused_naming_pass_run_and_offset(short_tmp, run, words):
-    res = _hostile(short_tmp, [(0).to_bytes(8, "big") + b"\x01" * PAGE_SIZE, run], None)
+def test_a_run_that_does_not_fit_is_refused_naming_pass_and_offset(short_tmp, frame, words):
+    res = _hostile(short_tmp, [page_frame([(0, PAGE_SIZE)]), frame], None)
     assert res.outcome == "failed" and res.stage == "precopy"
-    assert words in res.error and "pass 1, run 2" in res.error and "wire offset" in res.error
+    assert words in res.error and "pass 1, frame at wire offset" in res.error, res.error
+
+
+def test_a_bad_run_after_good_ones_in_one_frame_writes_none_of_them(short_tmp):
+    res = _hostile(short_tmp, [page_frame([(0, PAGE_SIZE), (1 << 20, PAGE_SIZE)])], None)
+    assert res.outcome == "failed" and "run 2" in res.error
 
 
 def test_a_pass_that_lies_about_what_it_brought_is_refused(short_tmp):
-    res = _hostile(short_tmp, [(0).to_bytes(8, "big") + b"\x01" * PAGE_SIZE],
+    res = _hostile(short_tmp, [page_frame([(0, PAGE_SIZE)])],
                    {"pass": 1, "runs": 2, "bytes": 2 * PAGE_SIZE, "final": True})
     assert res.outcome == "failed" and "brought 1 runs" in res.error
 

@@ -111,8 +111,14 @@ FEATURES = ("precopy",)
 DEFAULT_DOWNTIME_LIMIT = 0.3
 #: pre-copy passes before the source pauses whatever is left (convergence bound)
 DEFAULT_MAX_PASSES = 30
-#: a page run frame: the guest-physical address of its first page, then pages
-_RUN_HEADER = struct.Struct(">Q")
+#: a pre-copy page frame: how many runs, then each run's guest-physical
+#: address and length, then the runs' pages one after the other (many small
+#: runs in one frame: a guest dirties scattered pages, and a frame each would
+#: cost a syscall and a Python round on both sides per page)
+_RUN_COUNT = struct.Struct(">I")
+_RUN_ENTRY = struct.Struct(">QI")
+#: runs one page frame carries at most
+MAX_RUNS_PER_FRAME = 4096
 
 Events = Callable[..., None]
 
@@ -687,8 +693,14 @@ class _Precopy:
 
     @property
     def bandwidth(self) -> float | None:
-        """Bytes per second measured over every pass so far (None before
-        anything was sent)."""
+        """Bytes per second of the last pass that sent at least 256 KiB
+        (QEMU also estimates from the last iteration: scattered dirty pages
+        go slower than pass 1's long runs, and the final pass is like the
+        last ones), else over every pass so far; None before anything was
+        sent."""
+        for p in reversed(self.passes):
+            if p["bytes"] >= 256 << 10 and p["seconds"] > 0:
+                return p["bytes"] / p["seconds"]
         if self.sent_bytes == 0 or self.sent_s <= 0:
             return None
         return self.sent_bytes / self.sent_s
@@ -732,6 +744,28 @@ class _Precopy:
         runs = nbytes = pages = 0
         cap = None if final else self.opts.max_bandwidth
         first = self.pass_no == 1
+        entries: list[bytes] = []
+        chunks: list[bytes] = []
+        batch = 0
+
+        def flush() -> None:
+            nonlocal batch
+            if not entries:
+                return
+            self.chan.send(tp.DATA, b"".join([_RUN_COUNT.pack(len(entries)), *entries,
+                                              *chunks]))
+            if self.bar is not None:
+                self.bar.update(batch)
+            entries.clear()
+            chunks.clear()
+            batch = 0
+            if cap is not None:
+                ahead = nbytes / cap - (time.monotonic() - t0)
+                if ahead > 0:
+                    time.sleep(ahead)
+            if self.chan.incoming_ready():  # the destination gave up mid-pass
+                tp.raise_remote(self.chan)
+
         for gpa, n in self.mem.dirty_runs(_RUN_PAGES):
             data = self.mem.take_dirty(gpa, n)
             pages += n // PAGE_SIZE
@@ -739,17 +773,14 @@ class _Precopy:
             # need not send runs that are still all zero
             if first and data == (_ZERO_RUN if n == len(_ZERO_RUN) else bytes(n)):
                 continue
-            self.chan.send(tp.DATA, _RUN_HEADER.pack(gpa) + data)
+            entries.append(_RUN_ENTRY.pack(gpa, n))
+            chunks.append(data)
             runs += 1
             nbytes += n
-            if self.bar is not None:
-                self.bar.update(n)
-            if cap is not None:
-                ahead = nbytes / cap - (time.monotonic() - t0)
-                if ahead > 0:
-                    time.sleep(ahead)
-            if self.chan.incoming_ready():  # the destination gave up mid-pass
-                tp.raise_remote(self.chan)
+            batch += n
+            if batch >= tp.DATA_CHUNK or len(entries) >= MAX_RUNS_PER_FRAME:
+                flush()
+        flush()
         self.chan.send_msg(tp.PASS, {"pass": self.pass_no, "runs": runs, "bytes": nbytes,
                                      "final": final, "session": self.session})
         dt = time.monotonic() - t0
@@ -1097,20 +1128,15 @@ class _StagedRam:
             while True:
                 kind, payload = chan.recv(timeout)
                 if kind == tp.DATA:
-                    where = (f"pre-copy pass {len(self.passes) + 1}, run {runs + 1} (wire "
-                             f"offset {chan.bytes_received - len(payload)})")
-                    if len(payload) <= _RUN_HEADER.size or \
-                            (len(payload) - _RUN_HEADER.size) % PAGE_SIZE:
-                        raise tp.ProtocolError(f"{where}: {len(payload)} bytes is not an "
-                                               f"address and whole {PAGE_SIZE}-byte pages")
-                    (gpa,) = _RUN_HEADER.unpack_from(payload)
-                    n = len(payload) - _RUN_HEADER.size
-                    if gpa % PAGE_SIZE or gpa + n > self.size:
-                        raise tp.ProtocolError(f"{where}: {n} bytes at {gpa:#x} are not "
-                                               f"whole pages inside {self.size:#x} bytes of RAM")
-                    self.memory.write_pages(gpa, memoryview(payload)[_RUN_HEADER.size:])
-                    runs += 1
-                    nbytes += n
+                    got = self._check_frame(payload, len(self.passes) + 1, runs,
+                                            chan.bytes_received - len(payload))
+                    view = memoryview(payload)
+                    pos = _RUN_COUNT.size + _RUN_ENTRY.size * len(got)
+                    for gpa, n in got:
+                        self.memory.write_pages(gpa, view[pos:pos + n])
+                        pos += n
+                    runs += len(got)
+                    nbytes += pos - _RUN_COUNT.size - _RUN_ENTRY.size * len(got)
                 elif kind == tp.PASS:
                     msg = chan.decode(kind, payload)
                     want = len(self.passes) + 1
@@ -1134,6 +1160,33 @@ class _StagedRam:
         except BaseException:
             self.close()
             raise
+
+    def _check_frame(self, payload: bytes, pass_no: int, runs_before: int,
+                     offset: int) -> list[tuple[int, int]]:
+        """A page frame's runs, every one checked (page-aligned, whole pages,
+        inside RAM, lengths adding up to the frame) before any is written."""
+        where = f"pre-copy pass {pass_no}, frame at wire offset {offset}"
+        if len(payload) < _RUN_COUNT.size:
+            raise tp.ProtocolError(f"{where}: {len(payload)} bytes cannot hold a run count")
+        (count,) = _RUN_COUNT.unpack_from(payload)
+        head = _RUN_COUNT.size + _RUN_ENTRY.size * count
+        if not 1 <= count <= MAX_RUNS_PER_FRAME or head > len(payload):
+            raise tp.ProtocolError(f"{where}: {count} runs do not fit a frame of "
+                                   f"{len(payload)} bytes (1 to {MAX_RUNS_PER_FRAME})")
+        out = []
+        total = 0
+        for i in range(count):
+            gpa, n = _RUN_ENTRY.unpack_from(payload, _RUN_COUNT.size + _RUN_ENTRY.size * i)
+            if gpa % PAGE_SIZE or n == 0 or n % PAGE_SIZE or gpa + n > self.size:
+                raise tp.ProtocolError(
+                    f"{where}, run {runs_before + i + 1}: {n} bytes at {gpa:#x} are not "
+                    f"whole {PAGE_SIZE}-byte pages inside {self.size:#x} bytes of RAM")
+            out.append((gpa, n))
+            total += n
+        if head + total != len(payload):
+            raise tp.ProtocolError(f"{where}: its runs announce {total} bytes of pages, the "
+                                   f"frame holds {len(payload) - head}")
+        return out
 
     def put_into(self, tree: dict[str, Any]) -> None:
         """Replace the stream's (empty) RAM at the pre-copied path with the
