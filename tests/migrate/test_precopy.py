@@ -100,6 +100,32 @@ def test_virtio_blk_dma_into_guest_ram_is_marked(short_tmp):
         close(b)
 
 
+FRAMES = st.lists(st.tuples(st.integers(0, 255), st.integers(1, 4)), min_size=1,
+                  max_size=20)
+
+
+@settings(max_examples=100, deadline=None)
+@given(FRAMES, st.randoms(use_true_random=False))
+def test_page_frames_round_trip_and_any_damage_is_refused(runs, rnd):
+    """encode_page_frame -> decode_page_frame gives the runs back and the
+    pages where the header says; a frame cut short or grown is refused."""
+    ram = 260 * PAGE_SIZE
+    spec = [(page * PAGE_SIZE, k * PAGE_SIZE) for page, k in runs]
+    pages = [bytes([rnd.randrange(256)]) * n for _, n in spec]
+    frame = M.encode_page_frame(spec, pages)
+    got = M.decode_page_frame(frame, ram)
+    assert got == spec
+    pos = 4 + 12 * len(spec)
+    for (_, n), data in zip(got, pages, strict=True):
+        assert frame[pos:pos + n] == data
+        pos += n
+    assert pos == len(frame)
+    cut = rnd.randrange(len(frame))
+    for bad in (frame[:cut], frame + b"\x00"):
+        with pytest.raises(tp.ProtocolError):
+            M.decode_page_frame(bad, ram)
+
+
 # -- in-process source and destination -------------------------------------------------------
 
 class Guest:

@@ -744,7 +744,7 @@ class _Precopy:
         runs = nbytes = pages = 0
         cap = None if final else self.opts.max_bandwidth
         first = self.pass_no == 1
-        entries: list[bytes] = []
+        entries: list[tuple[int, int]] = []
         chunks: list[bytes] = []
         batch = 0
 
@@ -752,8 +752,7 @@ class _Precopy:
             nonlocal batch
             if not entries:
                 return
-            self.chan.send(tp.DATA, b"".join([_RUN_COUNT.pack(len(entries)), *entries,
-                                              *chunks]))
+            self.chan.send(tp.DATA, encode_page_frame(entries, chunks))
             if self.bar is not None:
                 self.bar.update(batch)
             entries.clear()
@@ -773,7 +772,7 @@ class _Precopy:
             # need not send runs that are still all zero
             if first and data == (_ZERO_RUN if n == len(_ZERO_RUN) else bytes(n)):
                 continue
-            entries.append(_RUN_ENTRY.pack(gpa, n))
+            entries.append((gpa, n))
             chunks.append(data)
             runs += 1
             nbytes += n
@@ -1092,6 +1091,41 @@ def receive(build: Any, chan: tp.Channel, *, timeout: float = DEFAULT_TIMEOUT,
     return res
 
 
+def encode_page_frame(runs: list[tuple[int, int]], pages: list[bytes]) -> bytes:
+    """One pre-copy DATA frame: the run count, each run's address and
+    length, then the runs' pages (docs/cli.md, "The migration protocol")."""
+    return b"".join([_RUN_COUNT.pack(len(runs)),
+                     *(_RUN_ENTRY.pack(gpa, n) for gpa, n in runs), *pages])
+
+
+def decode_page_frame(payload: bytes, ram_size: int, *, runs_before: int = 0,
+                      where: str = "pre-copy frame") -> list[tuple[int, int]]:
+    """A page frame's runs ``(gpa, length)``, every one checked (page-aligned,
+    whole pages, inside ``ram_size``, lengths adding up to the frame) before
+    the caller writes any; the pages follow the header in the same order."""
+    if len(payload) < _RUN_COUNT.size:
+        raise tp.ProtocolError(f"{where}: {len(payload)} bytes cannot hold a run count")
+    (count,) = _RUN_COUNT.unpack_from(payload)
+    head = _RUN_COUNT.size + _RUN_ENTRY.size * count
+    if not 1 <= count <= MAX_RUNS_PER_FRAME or head > len(payload):
+        raise tp.ProtocolError(f"{where}: {count} runs do not fit a frame of "
+                               f"{len(payload)} bytes (1 to {MAX_RUNS_PER_FRAME})")
+    out = []
+    total = 0
+    for i in range(count):
+        gpa, n = _RUN_ENTRY.unpack_from(payload, _RUN_COUNT.size + _RUN_ENTRY.size * i)
+        if gpa % PAGE_SIZE or n == 0 or n % PAGE_SIZE or gpa + n > ram_size:
+            raise tp.ProtocolError(
+                f"{where}, run {runs_before + i + 1}: {n} bytes at {gpa:#x} are not "
+                f"whole {PAGE_SIZE}-byte pages inside {ram_size:#x} bytes of RAM")
+        out.append((gpa, n))
+        total += n
+    if head + total != len(payload):
+        raise tp.ProtocolError(f"{where}: its runs announce {total} bytes of pages, the "
+                               f"frame holds {len(payload) - head}")
+    return out
+
+
 class _StagedRam:
     """The destination's side of pre-copy: pages land in a mapping of their
     own, never in the build's RAM, so a migration cut in any pass leaves
@@ -1128,8 +1162,10 @@ class _StagedRam:
             while True:
                 kind, payload = chan.recv(timeout)
                 if kind == tp.DATA:
-                    got = self._check_frame(payload, len(self.passes) + 1, runs,
-                                            chan.bytes_received - len(payload))
+                    got = decode_page_frame(
+                        payload, self.size, runs_before=runs,
+                        where=f"pre-copy pass {len(self.passes) + 1}, frame at wire offset "
+                              f"{chan.bytes_received - len(payload)}")
                     view = memoryview(payload)
                     pos = _RUN_COUNT.size + _RUN_ENTRY.size * len(got)
                     for gpa, n in got:
@@ -1160,33 +1196,6 @@ class _StagedRam:
         except BaseException:
             self.close()
             raise
-
-    def _check_frame(self, payload: bytes, pass_no: int, runs_before: int,
-                     offset: int) -> list[tuple[int, int]]:
-        """A page frame's runs, every one checked (page-aligned, whole pages,
-        inside RAM, lengths adding up to the frame) before any is written."""
-        where = f"pre-copy pass {pass_no}, frame at wire offset {offset}"
-        if len(payload) < _RUN_COUNT.size:
-            raise tp.ProtocolError(f"{where}: {len(payload)} bytes cannot hold a run count")
-        (count,) = _RUN_COUNT.unpack_from(payload)
-        head = _RUN_COUNT.size + _RUN_ENTRY.size * count
-        if not 1 <= count <= MAX_RUNS_PER_FRAME or head > len(payload):
-            raise tp.ProtocolError(f"{where}: {count} runs do not fit a frame of "
-                                   f"{len(payload)} bytes (1 to {MAX_RUNS_PER_FRAME})")
-        out = []
-        total = 0
-        for i in range(count):
-            gpa, n = _RUN_ENTRY.unpack_from(payload, _RUN_COUNT.size + _RUN_ENTRY.size * i)
-            if gpa % PAGE_SIZE or n == 0 or n % PAGE_SIZE or gpa + n > self.size:
-                raise tp.ProtocolError(
-                    f"{where}, run {runs_before + i + 1}: {n} bytes at {gpa:#x} are not "
-                    f"whole {PAGE_SIZE}-byte pages inside {self.size:#x} bytes of RAM")
-            out.append((gpa, n))
-            total += n
-        if head + total != len(payload):
-            raise tp.ProtocolError(f"{where}: its runs announce {total} bytes of pages, the "
-                                   f"frame holds {len(payload) - head}")
-        return out
 
     def put_into(self, tree: dict[str, Any]) -> None:
         """Replace the stream's (empty) RAM at the pre-copied path with the
