@@ -648,7 +648,8 @@ def _protocol_seeds() -> list[bytes]:
                        "filtered_by": "destination",
                        "precopy": {"path": "/machine/ram", "size": 1 << 20,
                                    "page_size": 4096}}),
-            ("PASS", {"pass": 1, "runs": 2, "bytes": 8192, "final": False, "session": n}),
+            ("PASS", {"pass": 1, "runs": 2, "bytes": 8192, "final": False,
+                      "sha256": "ab" * 32, "session": n}),
             ("END", {"bytes": 10, "session": n}), ("COMMIT", {"session": n}),
             ("DONE", {"session": n})]
     return [json.dumps({"kind": k, "msg": m}, default=str).encode() for k, m in msgs]

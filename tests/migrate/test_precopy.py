@@ -11,6 +11,7 @@ matrix does.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import struct
@@ -357,10 +358,13 @@ def _hostile(d: Path, runs: list[bytes], pass_msg: dict | None):
                                  "session": hello["session"], "source_session": "0" * 32,
                                  "precopy": {"path": "/machine/ram", "size": 1 << 20,
                                              "page_size": PAGE_SIZE}})
+        digest = hashlib.sha256()
         for r in runs:
             chan.send(tp.DATA, r)
+            digest.update(r)
         if pass_msg is not None:
-            chan.send_msg(tp.PASS, {**pass_msg, "session": hello["session"]})
+            chan.send_msg(tp.PASS, {"sha256": digest.hexdigest(), **pass_msg,
+                                    "session": hello["session"]})
         t.join(GUARD)
     listener.close()
     assert dst.machine.memory.read(0, dst.machine.memory.size) == before
@@ -392,6 +396,13 @@ def test_a_run_that_does_not_fit_is_refused_naming_pass_and_offset(short_tmp, fr
 def test_a_bad_run_after_good_ones_in_one_frame_writes_none_of_them(short_tmp):
     res = _hostile(short_tmp, [page_frame([(0, PAGE_SIZE), (1 << 20, PAGE_SIZE)])], None)
     assert res.outcome == "failed" and "run 2" in res.error
+
+
+def test_a_pass_whose_checksum_does_not_match_is_refused(short_tmp):
+    res = _hostile(short_tmp, [page_frame([(0, PAGE_SIZE)])],
+                   {"pass": 1, "runs": 1, "bytes": PAGE_SIZE, "final": True,
+                    "sha256": "0" * 64})
+    assert res.outcome == "failed" and "checksum mismatch" in res.error
 
 
 def test_a_pass_that_lies_about_what_it_brought_is_refused(short_tmp):
@@ -457,6 +468,27 @@ PRECOPY_CUTS = {
     # the final pass, the source paused: it resumes
     "final-pass": (lambda L: _nth(L, tp.PASS, 1)[0] + 3, False),
 }
+
+
+def test_a_byte_flipped_in_a_page_of_pass_1_is_caught(pair, precopy_layout):
+    """Inside guest RAM only a checksum can tell: the pass's SHA-256."""
+    a, b = _nth(precopy_layout, tp.DATA, 0)
+    k = b - 1000  # page bytes, well past the frame's run table
+    dst, addr = _serve(pair)
+    proxy = FaultProxy(pair.dir / "p.sock", addr.removeprefix("unix:"), flip_s2d=k)
+    src = Source(pair, SEED)
+    try:
+        res = src.migrate(proxy.address, precopy=M.PrecopyOptions())
+        report = assert_destination_unchanged(pair, dst, {"failed"})
+        assert_source_intact(src, res, {"resumed"})
+    finally:
+        src.close()
+        proxy.close()
+        dst.kill()
+    assert report["stage"] == "precopy" and "checksum mismatch" in report["error"]
+    # the destination hangs up mid-stream: the source hears its FAILED or
+    # only the hang-up, depending on what it was doing then
+    assert "checksum mismatch" in res.error or "closed the connection" in res.error, res.error
 
 
 @pytest.mark.parametrize("name", list(PRECOPY_CUTS))

@@ -69,6 +69,7 @@ Failure rules (each has a test in ``tests/migrate``):
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import re
@@ -746,13 +747,16 @@ class _Precopy:
         first = self.pass_no == 1
         entries: list[tuple[int, int]] = []
         chunks: list[bytes] = []
+        digest = hashlib.sha256()
         batch = 0
 
         def flush() -> None:
             nonlocal batch
             if not entries:
                 return
-            self.chan.send(tp.DATA, encode_page_frame(entries, chunks))
+            frame = encode_page_frame(entries, chunks)
+            digest.update(frame)
+            self.chan.send(tp.DATA, frame)
             if self.bar is not None:
                 self.bar.update(batch)
             entries.clear()
@@ -781,7 +785,8 @@ class _Precopy:
                 flush()
         flush()
         self.chan.send_msg(tp.PASS, {"pass": self.pass_no, "runs": runs, "bytes": nbytes,
-                                     "final": final, "session": self.session})
+                                     "final": final, "sha256": digest.hexdigest(),
+                                     "session": self.session})
         dt = time.monotonic() - t0
         self.sent_bytes += nbytes
         self.sent_s += dt
@@ -1158,10 +1163,12 @@ class _StagedRam:
         checked (page-aligned, inside RAM) before a byte of it is written,
         and every PASS against what arrived."""
         runs = nbytes = 0
+        digest = hashlib.sha256()
         try:
             while True:
                 kind, payload = chan.recv(timeout)
                 if kind == tp.DATA:
+                    digest.update(payload)
                     got = decode_page_frame(
                         payload, self.size, runs_before=runs,
                         where=f"pre-copy pass {len(self.passes) + 1}, frame at wire offset "
@@ -1181,6 +1188,13 @@ class _StagedRam:
                             f"pre-copy PASS {msg['pass']} says {msg['runs']} runs of "
                             f"{msg['bytes']} bytes; pass {want} brought {runs} runs of "
                             f"{nbytes} bytes")
+                    if msg["sha256"] != digest.hexdigest():
+                        # staged pages only: the build's RAM never saw them
+                        raise tp.ProtocolError(
+                            f"pre-copy pass {want}: checksum mismatch (the pass's frames "
+                            f"hash to {digest.hexdigest()[:16]}..., PASS says "
+                            f"{msg['sha256'][:16]}...): bytes were damaged in transit")
+                    digest = hashlib.sha256()
                     rec = {"pass": want, "runs": runs, "bytes": nbytes, "final": msg["final"]}
                     self.passes.append(rec)
                     events("pass", **rec)

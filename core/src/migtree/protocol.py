@@ -198,6 +198,7 @@ def _tname(v: Any) -> str:
 
 NAME = Text(max_length=1024)
 NONCE = Text(pattern=NONCE_RE)
+SHA256 = Text(pattern=re.compile(r"[0-9a-f]{64}"))
 #: who ran the filters of a migration (OFFER)
 FILTER_SIDE = Text(pattern=re.compile(r"destination|source"))
 PLUGINS = MapOf(OneOf((Text(max_length=256), Null())), max_items=4096)
@@ -244,8 +245,10 @@ MESSAGES: dict[str, Record] = {
     # the end of one pre-copy pass: the DATA frames since the previous PASS
     # (or OFFER) were page runs, ``runs`` of them, ``bytes`` of pages in all;
     # ``final``: the source is paused and the stream follows
+    # ``sha256``: of the pass's DATA payloads in order (as the stream's
+    # footer, a flipped byte in guest RAM is caught)
     "PASS": Record(required={"pass": Int(1, 1 << 20), "runs": Int(), "bytes": Int(),
-                             "final": Boolean(), "session": NONCE}),
+                             "final": Boolean(), "sha256": SHA256, "session": NONCE}),
     "END": Record(required={"bytes": Int(), "session": NONCE}),
     "LOADED": Record(required={
         "filters": Record(required={"destination": NAME, "nodes": Int(),
