@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from mig_helpers import FaultProxy, frames, start_serve, write_build
+from mig_helpers import FaultProxy, Proc, frames, migtree_cmd, start_serve, write_build
 from mig_pairs import Source, make_pair
 from test_faults import assert_destination_unchanged, assert_source_intact
 
@@ -515,3 +515,28 @@ def test_cut_during_a_precopy_pass_leaves_both_sides_as_they_were(pair, precopy_
         assert "never paused" in res.error
     elif never_paused is False:
         assert src.paused == 1 and src.resumed == 1
+
+
+# -- the command line --------------------------------------------------------------------------
+
+def test_send_options_reach_the_migration_and_its_report(pair):
+    dst, addr = _serve(pair)
+    src = Proc(migtree_cmd("send", str(pair.src), "--to", addr, "--workload", pair.workloads,
+                           "--seed", str(SEED), "--json", "--downtime-limit", "250",
+                           "--max-bandwidth", "64M", "--max-passes", "4"), pair.dir, "src")
+    assert src.wait() == 0, src.stderr
+    assert dst.wait() == 0, dst.stderr
+    s = src.json()
+    pc = s["precopy"]
+    assert s["mode"] == "precopy" and s["outcome"] == "committed"
+    assert pc["downtime_limit_s"] == 0.25 and pc["max_passes"] == 4
+    assert pc["max_bandwidth_Bps"] == 64 << 20  # binary units, as every size in migtree
+    assert 2 <= pc["pass_count"] <= 5 and pc["passes"][-1]["final"]
+    assert pc["actual_downtime_s"] == s["paused_s"]
+
+
+def test_send_refuses_a_nonsense_downtime_limit(pair):
+    p = Proc(migtree_cmd("send", str(pair.src), "--to", "unix:/nonexistent", "--downtime-limit",
+                         "0"), pair.dir, "src")
+    assert p.wait() != 0
+    assert "downtime limit must be positive" in p.stderr
