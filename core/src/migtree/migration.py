@@ -800,8 +800,10 @@ class _Precopy:
         self.passes.append(rec)
         if self.bar is not None and hasattr(self.bar, "status"):
             bw = self.bandwidth
+            rate = rec["dirty_rate_Bps"]
             self.bar.status(f"pass {self.pass_no}, dirty {dirty_now / 1e6:.1f} MB"
-                            + (f", {bw / 1e6:.0f} MB/s" if bw else ""))
+                            + (f" at {rate / 1e6:.1f} MB/s" if rate is not None else "")
+                            + (f", link {bw / 1e6:.0f} MB/s" if bw else ""))
         self.events("pass", **rec)
 
     def stop(self) -> None:

@@ -70,7 +70,7 @@ class Progress:
     def status(self, text: str) -> None:
         """A few words after the bar (pre-copy: pass, dirty rate, bandwidth)."""
         if self._bar is not None:
-            self._bar.set_postfix_str(text, refresh=False)
+            self._bar.set_postfix_str(text, refresh=True)  # passes are rare: draw now
 
     @property
     def shown(self) -> bool:
