@@ -540,3 +540,45 @@ def test_send_refuses_a_nonsense_downtime_limit(pair):
                          "0"), pair.dir, "src")
     assert p.wait() != 0
     assert "downtime limit must be positive" in p.stderr
+
+
+def test_cut_in_a_later_pass_with_the_guest_writing_leaves_both_sides_as_they_were(short_tmp):
+    """Pass 1 carries all 4 MiB (RAM is not zero); the cut falls 200 kB into
+    pass 2 while the guest keeps dirtying pages: the source never pauses and
+    runs on with the log off, the destination's RAM is untouched."""
+    reg = get_registry()
+    src = load_build(write_build(short_tmp, "src", backend="userspace", cpus=1, memory="4M",
+                                 devices=[]), reg)
+    dst = load_build(write_build(short_tmp, "dst", backend="userspace", cpus=1, memory="4M",
+                                 devices=[]), reg)
+    _fill(src.machine.memory, 1)
+    dst_before = dst.machine.memory.read(0, dst.machine.memory.size)
+    listener = tp.Listener(tp.Address.parse(f"unix:{short_tmp}/d.sock"))
+    out: dict = {}
+
+    def serve() -> None:
+        with listener.accept(timeout=GUARD) as chan:
+            out["dst"] = M.receive(dst, chan, progress=False, timeout=GUARD)
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    proxy = FaultProxy(short_tmp / "p.sock", f"{short_tmp}/d.sock",
+                       cut_s2d=(4 << 20) + 200_000)
+    guest = Guest(src.machine.memory, 5, pages_per_burst=64, idle_s=0.0005).start()
+    try:
+        with tp.connect(proxy.address, timeout=GUARD) as chan:
+            res = M.send(src, chan, timeout=GUARD, progress=False,
+                         precopy=M.PrecopyOptions(downtime_limit=1e-6, max_passes=8),
+                         pause=guest.pause, resume=guest.resume)
+        t.join(GUARD)
+    finally:
+        guest.close()
+        proxy.close()
+        listener.close()
+    assert res.outcome == "resumed" and guest.at_pause is None  # never paused
+    failed_in = int(res.error.split("pre-copy pass ")[1].split()[0])
+    assert failed_in >= 2 and "never paused" in res.error
+    assert [p["pass"] for p in res.precopy["passes"]][:1] == [1]
+    assert not src.machine.memory.dirty_logging
+    assert out["dst"].outcome == "failed" and out["dst"].stage == "precopy"
+    assert dst.machine.memory.read(0, dst.machine.memory.size) == dst_before
