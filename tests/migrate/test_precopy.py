@@ -22,8 +22,16 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from mig_helpers import FaultProxy, Proc, frames, migtree_cmd, start_serve, write_build
-from mig_pairs import Source, make_pair
+from mig_helpers import (
+    FaultProxy,
+    Proc,
+    child_cmd,
+    frames,
+    migtree_cmd,
+    start_serve,
+    write_build,
+)
+from mig_pairs import Source, make_pair, reference
 from test_faults import assert_destination_unchanged, assert_source_intact
 
 from migtree import migration as M
@@ -582,3 +590,33 @@ def test_cut_in_a_later_pass_with_the_guest_writing_leaves_both_sides_as_they_we
     assert not src.machine.memory.dirty_logging
     assert out["dst"].outcome == "failed" and out["dst"].stage == "precopy"
     assert dst.machine.memory.read(0, dst.machine.memory.size) == dst_before
+
+
+# -- processes that die during pre-copy ---------------------------------------------------------
+
+def test_destination_killed_after_pass_1(pair):
+    dst, addr = start_serve(pair.dst, pair.dir, f"unix:{pair.dir}/d.sock", "--workload",
+                            pair.workloads, child=["--kill-at", "pass"])
+    src = Source(pair, SEED)
+    try:
+        res = src.migrate(addr, precopy=M.PrecopyOptions())
+        assert dst.wait() == -9
+        assert not src.build.machine.memory.dirty_logging
+        assert_source_intact(src, res, {"resumed"})
+    finally:
+        src.close()
+    assert "closed the connection" in res.error or "broke" in res.error, res.error
+
+
+def test_source_killed_after_pass_1(pair):
+    """``migtree send`` (pre-copy by default) dies after its first pass: the
+    destination never loaded anything, its RAM staging is dropped, its
+    state is what it was, and the shared disk is as the source left it."""
+    dst, addr = _serve(pair)
+    src = Proc(child_cmd("--kill-at", "pass", "--", "send", str(pair.src), "--to", addr,
+                         "--workload", pair.workloads, "--seed", str(SEED)),
+               pair.dir, "src")
+    assert src.wait() == -9
+    report = assert_destination_unchanged(pair, dst, {"failed"})
+    assert report["stage"] == "precopy"
+    assert pair.disk_sha() == reference(pair.ref_src, pair.workloads, SEED, finish=False)["disk"]
