@@ -620,3 +620,23 @@ def test_source_killed_after_pass_1(pair):
     report = assert_destination_unchanged(pair, dst, {"failed"})
     assert report["stage"] == "precopy"
     assert pair.disk_sha() == reference(pair.ref_src, pair.workloads, SEED, finish=False)["disk"]
+
+
+def test_loaded_lost_after_precopy_puts_the_destinations_own_ram_back(pair):
+    """The destination adopted the pre-copied RAM at load; LOADED never
+    reaches the source, so no COMMIT comes: the destination puts back the
+    state (RAM included) it had before, the source resumes."""
+    dst, addr = _serve(pair)
+    proxy = FaultProxy(pair.dir / "p.sock", addr.removeprefix("unix:"),
+                       drop_frame=("d2s", tp.LOADED))
+    src = Source(pair, SEED)
+    try:
+        res = src.migrate(proxy.address, precopy=M.PrecopyOptions())
+        report = assert_destination_unchanged(pair, dst, {"rolled-back"})
+        assert_source_intact(src, res, {"resumed"})
+    finally:
+        src.close()
+        proxy.close()
+        dst.kill()
+    assert report["precopy"] and report["precopy"][-1]["final"]
+    assert src.paused == 1 and src.resumed == 1
