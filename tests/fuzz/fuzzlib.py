@@ -643,6 +643,13 @@ def _protocol_seeds() -> list[bytes]:
                         "timings": {"load_s": 0.1}, "session": n}),
             ("FAILED", {"stage": "load", "error": "no"}),
             ("ABORT", {"error": "no", "check": {}}),
+            ("OFFER", {"protocol": migration.PROTOCOL, "build": "x", "backend": "userspace",
+                       "plugins": {}, "session": n, "source_session": n,
+                       "filtered_by": "destination",
+                       "precopy": {"path": "/machine/ram", "size": 1 << 20,
+                                   "page_size": 4096}}),
+            ("PASS", {"pass": 1, "runs": 2, "bytes": 8192, "final": False,
+                      "sha256": "ab" * 32, "session": n}),
             ("END", {"bytes": 10, "session": n}), ("COMMIT", {"session": n}),
             ("DONE", {"session": n})]
     return [json.dumps({"kind": k, "msg": m}, default=str).encode() for k, m in msgs]
@@ -652,11 +659,12 @@ def _mutate_protocol(rnd: random.Random, data: bytes) -> bytes:
     doc = json.loads(data)
     if rnd.random() < 0.1:
         doc["kind"] = rnd.choice(["HELLO", "OFFER", "LOADED", "FAILED", "ABORT", "END",
-                                  "COMMIT", "DONE", "DATA"])
+                                  "COMMIT", "DONE", "DATA", "PASS"])
     doc["msg"] = mutate_doc(rnd, doc["msg"], keys=["protocol", "build", "backend", "plugins",
                                                    "types", "objects", "filters", "error",
                                                    "stage", "check", "load", "bytes", "nonce",
-                                                   "session"])
+                                                   "session", "precopy", "features", "pass",
+                                                   "runs", "final"])
     if rnd.random() < 0.1:
         return mutate_bytes(rnd, json.dumps(doc, default=str).encode())
     return json.dumps(doc, default=str).encode()

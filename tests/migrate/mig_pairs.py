@@ -136,7 +136,8 @@ class Source:
         self.disk_at_resume = self.pair.disk_sha()
 
     def migrate(self, address: str, *, tls: Any = None, allow_plaintext: bool = False,
-                timeout: float = 60, filter_side: str = "auto") -> M.SourceResult:
+                timeout: float = 60, filter_side: str = "auto",
+                precopy: M.PrecopyOptions | None = None) -> M.SourceResult:
         try:
             chan = connect(address, tls=tls, allow_plaintext=allow_plaintext, timeout=timeout)
         except TransportError as e:
@@ -145,7 +146,7 @@ class Source:
             return M.send(self.build, chan, timeout=timeout, pause=self._pause,
                           resume=self._resume, events=lambda n, **_: self.events.append(n),
                           progress=False, keep_dir=str(self.pair.dir),
-                          filter_side=filter_side)
+                          filter_side=filter_side, precopy=precopy)
 
     def state(self) -> bytes:
         return state_bytes(self.build)

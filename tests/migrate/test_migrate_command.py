@@ -29,8 +29,16 @@ def check_common(doc: dict) -> None:
     assert s["check"]["compatible"]
     chains = {a["path"]: a["filter"] for a in d["filters"]["applications"]}
     assert chains["/machine/peripheral/vblk0"] == "virtio-blk-pci-split"
-    assert s["stream_bytes"] > 16 << 20  # 16 MiB of guest RAM went across
-    assert s["wire_bytes_sent"] >= s["stream_bytes"]
+    if s["mode"] == "precopy":  # the default: RAM page by page, then a small stream
+        pc = s["precopy"]
+        assert pc["ram_bytes"] == 16 << 20 and pc["page_bytes_sent"] > 0
+        assert pc["passes"][-1]["final"] and pc["converged"]
+        assert pc["page_bytes_sent"] == sum(p["bytes"] for p in d["precopy"])
+        assert s["stream_bytes"] < 1 << 20  # device state only: RAM came in the passes
+        assert s["wire_bytes_sent"] >= s["stream_bytes"] + pc["page_bytes_sent"]
+    else:
+        assert s["stream_bytes"] > 16 << 20  # 16 MiB of guest RAM went across
+        assert s["wire_bytes_sent"] >= s["stream_bytes"]
     assert s["paused_s"] is not None and s["paused_s"] > 0
     assert "virtio-blk-io" in doc["workloads"]
     assert all(x["match"] for x in v["disks"]), v["disks"]
@@ -38,10 +46,12 @@ def check_common(doc: dict) -> None:
 
 
 def test_examples_without_kvm_fall_back_and_verify(short_tmp):
-    p = migrate(short_tmp, str(SRC), str(DST), "--json", env=NO_KVM)
+    # stop-and-copy, the way back: the whole RAM in the stream, during the pause
+    p = migrate(short_tmp, str(SRC), str(DST), "--json", "--stop-and-copy", env=NO_KVM)
     assert p.wait() == 0, p.stdout + p.stderr
     doc = json.loads(p.stdout)
     check_common(doc)
+    assert doc["source"]["mode"] == "stop-and-copy" and doc["source"]["precopy"] is None
     assert doc["source"]["backend"] == "userspace"
     assert doc["source"]["notes"] == [
         "backend 'kvm' is unavailable (/dev/kvm cannot be opened (simulated by the test "
@@ -58,6 +68,7 @@ def test_examples_kvm_to_userspace(short_tmp, via):
     p.wait()
     doc = json.loads(p.stdout)
     check_common(doc)
+    assert doc["source"]["mode"] == "precopy"
     assert doc["source"]["backend"] == "kvm" and doc["source"]["notes"] == []
     chains = {a["path"]: a for a in doc["destination"]["filters"]["applications"]}
     for cpu in range(4):
@@ -79,6 +90,8 @@ def test_report_text(short_tmp):
                    "/machine/peripheral/vblk0: virtio-blk-pci@1 -> virtio-pci@1 via "
                    "virtio-blk-pci-split",
                    "bytes sent: ", "source paused: ",
+                   "pre-copy: 1 pass(es) while the source ran + the final pass paused",
+                   "pass 2 (paused): 0 pages", "(limit 300 ms)",
                    "disk disk.img: identical", "workload virtio-blk-io: identical",
                    "device state: identical",
                    "verified: the migrated machine is the one that never moved"):

@@ -92,3 +92,25 @@ def test_env_turns_it_off_even_on_a_terminal(monkeypatch):
     _drive(p, 2 * THRESHOLD)
     assert not p.enabled and not p.shown
     assert term.close() == ""
+
+
+def test_precopy_status_is_drawn_after_the_bar(monkeypatch):
+    monkeypatch.delenv("MIGTREE_PROGRESS", raising=False)
+    term = _Terminal()
+    p = Progress("pre-copy", stream=term.tty)
+    with p:
+        for _ in range(0, 2 * THRESHOLD, 1 << 20):
+            p.update(1 << 20)
+        assert p.shown
+        p.status("pass 3, dirty 1.2 MB at 4.0 MB/s, link 90 MB/s")
+    text = term.close()
+    assert "pass 3, dirty 1.2 MB at 4.0 MB/s, link 90 MB/s" in text
+
+
+def test_status_is_silent_without_a_bar(monkeypatch):
+    monkeypatch.setenv("MIGTREE_PROGRESS", "0")
+    term = _Terminal()
+    p = Progress("pre-copy", stream=term.tty)
+    p.status("pass 1")
+    p.close()
+    assert term.close() == ""

@@ -23,6 +23,7 @@ from __future__ import annotations
 import mmap
 import re
 import struct
+import threading
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -34,6 +35,8 @@ from .fields import blob, u64
 from .qom import Object
 
 PAGE_SIZE = 4096
+PAGE_SHIFT = 12
+_DIRTY_RUN = re.compile(rb"[^\x00]+")
 
 _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
@@ -78,6 +81,10 @@ class GuestMemory:
             raise ValueError(f"guest memory size must be a multiple of {PAGE_SIZE}, got {size}")
         self._size = size
         self._map = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        #: one byte per page while a pre-copy migration tracks writes, else
+        #: None (no cost on the write path beyond one attribute test)
+        self._dirty: bytearray | None = None
+        self._dirty_lock = threading.Lock()
 
     # -- bounds ---------------------------------------------------------------
     @property
@@ -111,6 +118,8 @@ class GuestMemory:
         n = len(data)
         self.check(gpa, n)
         self._map[gpa:gpa + n] = data
+        if self._dirty is not None:
+            self.mark_dirty(gpa, n)
 
     def fill(self, gpa: int, n: int, byte: int = 0) -> None:
         self.check(gpa, n)
@@ -121,12 +130,21 @@ class GuestMemory:
             k = min(len(block), end - pos)
             self._map[pos:pos + k] = block[:k]
             pos += k
+        if self._dirty is not None:
+            self.mark_dirty(gpa, n)
 
     def view(self, gpa: int, n: int) -> memoryview:
         """A zero-copy window on ``[gpa, gpa + n)`` for scatter/gather I/O
         (``os.preadv`` straight into guest RAM). Release it when done: an
-        exported view keeps the mapping from being closed."""
+        exported view keeps the mapping from being closed.
+
+        A write through the view is DMA the dirty log cannot see: the range
+        is marked dirty here, and a device that writes through the view must
+        call :meth:`mark_dirty` again once the write is done (a pass may have
+        copied the page between this call and the write)."""
         self.check(gpa, n)
+        if self._dirty is not None:
+            self.mark_dirty(gpa, n)
         return memoryview(self._map)[gpa:gpa + n]
 
     # -- little-endian integers ----------------------------------------------------
@@ -151,18 +169,26 @@ class GuestMemory:
         if not 0 <= value <= 0xFF:
             raise ValueError(f"{value} does not fit u8")
         self._map[gpa] = value
+        if self._dirty is not None:
+            self.mark_dirty(gpa, 1)
 
     def write_u16(self, gpa: int, value: int) -> None:
         self.check(gpa, 2)
         _pack(_U16, self._map, gpa, value, "u16")
+        if self._dirty is not None:
+            self.mark_dirty(gpa, 2)
 
     def write_u32(self, gpa: int, value: int) -> None:
         self.check(gpa, 4)
         _pack(_U32, self._map, gpa, value, "u32")
+        if self._dirty is not None:
+            self.mark_dirty(gpa, 4)
 
     def write_u64(self, gpa: int, value: int) -> None:
         self.check(gpa, 8)
         _pack(_U64, self._map, gpa, value, "u64")
+        if self._dirty is not None:
+            self.mark_dirty(gpa, 8)
 
     def unpack(self, st: struct.Struct, gpa: int) -> tuple[Any, ...]:
         """``st.unpack_from`` at ``gpa``, bounds-checked (a descriptor, a ring entry)."""
@@ -176,6 +202,95 @@ class GuestMemory:
             st.pack_into(self._map, gpa, *values)
         except struct.error as e:
             raise ValueError(f"cannot pack {values!r}: {e}") from None
+        if self._dirty is not None:
+            self.mark_dirty(gpa, st.size)
+
+    # -- dirty log (pre-copy migration) ---------------------------------------------
+    # Why here and not in the kernel: this kernel has no soft-dirty bits
+    # (CONFIG_MEM_SOFT_DIRTY: /proc/PID/pagemap never shows bit 55), a
+    # userfaultfd write-protect handler cannot run in Python while the
+    # faulting thread holds the GIL, and KVM's dirty log sees only vCPU
+    # writes to a memslot -- no build maps this RAM into a KVM VM; every
+    # write to it is made by device models and workloads through this class.
+    # So this class is the one write path, and it keeps the log itself, as
+    # QEMU marks DMA writes with memory_region_set_dirty.
+
+    @property
+    def dirty_logging(self) -> bool:
+        return self._dirty is not None
+
+    def start_dirty_log(self) -> None:
+        """Track writes from now on, starting with every page dirty (so the
+        first pass of a pre-copy sends all of RAM)."""
+        with self._dirty_lock:
+            if self._dirty is not None:
+                raise GuestMemoryError("guest memory is already being tracked by another "
+                                       "migration")
+            self._dirty = bytearray(b"\x01") * (self._size >> PAGE_SHIFT)
+
+    def stop_dirty_log(self) -> None:
+        self._dirty = None
+
+    def mark_dirty(self, gpa: int, n: int) -> None:
+        """Record that ``[gpa, gpa + n)`` was written (device DMA through a
+        :meth:`view` calls this after the write). No-op when not tracking."""
+        dirty = self._dirty
+        if dirty is None or n <= 0:
+            return
+        first, last = gpa >> PAGE_SHIFT, (gpa + n - 1) >> PAGE_SHIFT
+        if first == last:
+            dirty[first] = 1
+        else:
+            dirty[first:last + 1] = b"\x01" * (last + 1 - first)
+
+    def dirty_pages(self) -> int:
+        """How many pages are dirty now (0 when not tracking)."""
+        dirty = self._dirty
+        return 0 if dirty is None else (len(dirty) - dirty.count(0))
+
+    def dirty_runs(self, max_pages: int) -> list[tuple[int, int]]:
+        """The dirty pages now, as ``(gpa, length)`` runs of at most
+        ``max_pages`` pages each, ascending. Bits are not cleared: the
+        caller clears each run just before it copies it
+        (:meth:`take_dirty`)."""
+        dirty = self._dirty
+        if dirty is None:
+            return []
+        out = []
+        for m in _DIRTY_RUN.finditer(bytes(dirty)):
+            a, b = m.span()
+            for start in range(a, b, max_pages):
+                k = min(max_pages, b - start)
+                out.append((start << PAGE_SHIFT, k << PAGE_SHIFT))
+        return out
+
+    def take_dirty(self, gpa: int, n: int) -> bytes:
+        """Clear the dirty bits of ``[gpa, gpa + n)`` (page-aligned), then
+        copy its contents. Clearing first is what makes this safe against a
+        writer running meanwhile: writers mark *after* writing, so a write
+        either landed before this copy or leaves its bit set for the next
+        pass."""
+        self.check(gpa, n)
+        dirty = self._dirty
+        if dirty is not None:
+            first, count = gpa >> PAGE_SHIFT, n >> PAGE_SHIFT
+            dirty[first:first + count] = bytes(count)
+        return self._map[gpa:gpa + n]
+
+    def write_pages(self, gpa: int, data: bytes | memoryview) -> None:
+        """Pages received by a pre-copy pass (bounds- and alignment-checked)."""
+        if gpa % PAGE_SIZE or len(data) % PAGE_SIZE:
+            raise GuestMemoryError(f"a page run at {gpa:#x} of {len(data)} bytes is not "
+                                   f"page-aligned", gpa=gpa, length=len(data))
+        self.write(gpa, data)
+
+    def adopt(self, other: GuestMemory) -> None:
+        """Take ``other``'s contents by swapping mappings (O(1): what a
+        pre-copied destination does at load instead of copying its RAM);
+        ``other`` gets this one's old mapping."""
+        if other._size != self._size:
+            raise GuestMemoryError(f"cannot adopt {other._size} bytes into {self._size}")
+        self._map, other._map = other._map, self._map
 
     # -- migration --------------------------------------------------------------------
     def iter_chunks(self, size: int = CHUNK_SIZE) -> Iterator[bytes]:
@@ -251,6 +366,10 @@ class GuestMemoryObject(Object):
             memory = GuestMemory(parse_size(size))
         self.memory = memory
         self.state.size = memory.size
+        #: set by a pre-copy migration while it writes the final stream: the
+        #: destination already holds the RAM (sent page by page), so the
+        #: stream carries an empty ``ram`` (docs/wire-format.md, "Pre-copy")
+        self.precopied = False
 
     # the object stands for its RAM: ``machine.memory.read(...)`` works whether
     # the build set ``machine.memory`` to this object or to its GuestMemory
@@ -271,8 +390,10 @@ class GuestMemoryObject(Object):
                 pass  # a view is still exported; the mapping goes with the last reference
 
     def pre_save(self) -> None:
+        from .blob import Blob
+
         self.state.size = self.memory.size
-        self.state.ram = self.memory
+        self.state.ram = Blob() if self.precopied else self.memory
 
     # Writing RAM cannot be undone, so the size is checked before any object
     # changes and the copy runs after every other object's post_load succeeded.
@@ -292,7 +413,11 @@ class GuestMemoryObject(Object):
         if data is None or data is self.memory:
             return  # nothing new (a rollback to the state we had): RAM is as it is
         self.check_load(self.state)
-        self.memory.load_chunks(data.iter_chunks())
+        if isinstance(data, GuestMemory):
+            # pre-copied RAM staged on the side: take it without copying
+            self.memory.adopt(data)
+        else:
+            self.memory.load_chunks(data.iter_chunks())
         self.state.ram = self.memory
 
 

@@ -69,6 +69,7 @@ Failure rules (each has a test in ``tests/migrate``):
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import re
@@ -85,6 +86,7 @@ import attrs
 from . import protocol
 from . import transport as tp
 from .errors import MigtreeError
+from .memory import PAGE_SIZE
 from .progress import Progress
 
 log = logging.getLogger("migtree.migration")
@@ -104,6 +106,20 @@ OFFER_KEYS = ("protocol", "build", "backend", "plugins", "filtered_by")
 #: seconds either side waits for the next frame before it gives up (a
 #: failure guard against a peer that hangs, not a tuning knob)
 DEFAULT_TIMEOUT = 120.0
+#: what a destination of this release announces in HELLO ``features``
+FEATURES = ("precopy",)
+#: the pause pre-copy aims for when nothing says otherwise (QEMU's default)
+DEFAULT_DOWNTIME_LIMIT = 0.3
+#: pre-copy passes before the source pauses whatever is left (convergence bound)
+DEFAULT_MAX_PASSES = 30
+#: a pre-copy page frame: how many runs, then each run's guest-physical
+#: address and length, then the runs' pages one after the other (many small
+#: runs in one frame: a guest dirties scattered pages, and a frame each would
+#: cost a syscall and a Python round on both sides per page)
+_RUN_COUNT = struct.Struct(">I")
+_RUN_ENTRY = struct.Struct(">QI")
+#: runs one page frame carries at most
+MAX_RUNS_PER_FRAME = 4096
 
 Events = Callable[..., None]
 
@@ -118,6 +134,39 @@ class PreflightRefused(MigrationError):
     def __init__(self, message: str, report: Any = None) -> None:
         self.report = report
         super().__init__(message)
+
+
+@attrs.define
+class PrecopyOptions:
+    """How a pre-copy migration converges (docs/cli.md, ``migtree send``).
+
+    Pass 1 sends all of RAM while the source runs; each later pass sends the
+    pages written since the one before. After each pass the source
+    estimates the pause as dirty bytes / measured bandwidth; once that is
+    within ``downtime_limit`` it pauses, sends the last dirty pages and the
+    device state. After ``max_passes`` it pauses whatever the estimate (the
+    report says what it expected). With ``auto_converge``, from pass
+    ``throttle_after`` on, every pass that did not converge raises the
+    throttle handed to :func:`send` (QEMU's auto-converge: 20% first, +10%
+    a pass, at most 99%).
+    """
+
+    downtime_limit: float = DEFAULT_DOWNTIME_LIMIT  # seconds
+    max_bandwidth: float | None = None  # bytes per second on the wire; None: no cap
+    max_passes: int = DEFAULT_MAX_PASSES
+    auto_converge: bool = False
+    throttle_after: int = 3
+    throttle_initial: float = 0.2
+    throttle_increment: float = 0.1
+    throttle_max: float = 0.99
+
+    def __attrs_post_init__(self) -> None:
+        if not self.downtime_limit > 0:
+            raise ValueError(f"the downtime limit must be positive, got {self.downtime_limit}")
+        if self.max_bandwidth is not None and not self.max_bandwidth > 0:
+            raise ValueError(f"the bandwidth cap must be positive, got {self.max_bandwidth}")
+        if self.max_passes < 1:
+            raise ValueError(f"at least one pre-copy pass, got {self.max_passes}")
 
 
 # -- results ----------------------------------------------------------------------------
@@ -155,6 +204,14 @@ class SourceResult:
     save_s: float | None = None
     #: where the state was kept when the outcome is unconfirmed
     kept_state: str | None = None
+    #: "precopy" (RAM sent in passes while the source ran) or "stop-and-copy"
+    mode: str = "stop-and-copy"
+    #: pre-copy's account: every pass (bytes, pages, seconds, dirty rate,
+    #: bandwidth), converged or not, the expected pause, the throttle
+    precopy: dict[str, Any] | None = None
+    #: why this migration did not do what was asked (a destination without
+    #: pre-copy, a build without guest RAM)
+    mode_notes: list[str] = attrs.Factory(list)
 
     @property
     def committed(self) -> bool:
@@ -188,6 +245,8 @@ class DestResult:
     stream_bytes: int = 0
     wire_bytes_received: int = 0
     timings: dict[str, float] = attrs.Factory(dict)
+    #: pre-copy passes received: [{pass, runs, bytes}] (None: stop-and-copy)
+    precopy: list[dict[str, Any]] | None = None
 
     @property
     def committed(self) -> bool:
@@ -214,6 +273,7 @@ def describe_destination(build: Any) -> dict[str, Any]:
                     if rec.error is None},
         "destination": dest.as_schema(),
         "filters": [describe_filter(f) for f in gather_filters(build)],
+        "features": list(FEATURES),
     }
 
 
@@ -351,7 +411,9 @@ def _noop(*_a: Any, **_k: Any) -> None:
 def send(build: Any, chan: tp.Channel, *, timeout: float = DEFAULT_TIMEOUT,
          pause: Callable[[], None] = _noop, resume: Callable[[], None] = _noop,
          events: Events = _noop, progress: bool = True,
-         keep_dir: str | None = None, filter_side: str = "auto") -> SourceResult:
+         keep_dir: str | None = None, filter_side: str = "auto",
+         precopy: PrecopyOptions | None = None,
+         throttle: Callable[[float], None] | None = None) -> SourceResult:
     """Migrate ``build`` over ``chan`` (connected to a destination).
 
     ``pause()`` is called before the state is written, ``resume()`` when the
@@ -360,10 +422,17 @@ def send(build: Any, chan: tp.Channel, *, timeout: float = DEFAULT_TIMEOUT,
     ``hello``, ``checked``, ``paused``, ``sent``, ``loaded``, ``committed``,
     ``done``, ``resumed``. ``filter_side`` says who runs the filters
     (:data:`FILTER_SIDES`; ``auto`` is the rule in the module docstring).
+
+    ``precopy`` (:class:`PrecopyOptions`) moves guest RAM in passes before
+    ``pause()`` while the caller's guest keeps writing it (the destination
+    must announce the feature; otherwise the note says so and it is
+    stop-and-copy); ``throttle(fraction)`` is how auto-converge slows that
+    guest (0.0: full speed again). ``None``: stop-and-copy.
     Never raises for a failed migration: the result says what happened;
     raises only for programming errors.
     """
     res = SourceResult()
+    ram_obj: Any = None  # the guest-memory object pre-copy moves, when it does
     session = protocol.Session(PROTOCOL)
     chan.validator = session
     source_nonce = protocol.new_nonce()
@@ -395,14 +464,18 @@ def send(build: Any, chan: tp.Channel, *, timeout: float = DEFAULT_TIMEOUT,
                 chan.send_msg(tp.ABORT, {"error": msg, "check": res.check})
             res.outcome, res.error = "refused", msg
             return res
-        chan.send_msg(tp.OFFER, {"protocol": PROTOCOL, "build": build.name,
-                                 "backend": build.backend.name,
-                                 "plugins": {n: r.version for n, r in
-                                             sorted(build.registry.plugins.items())
-                                             if r.error is None},
-                                 "filtered_by": plan.side,
-                                 "session": hello["session"],
-                                 "source_session": source_nonce})
+        offer = {"protocol": PROTOCOL, "build": build.name, "backend": build.backend.name,
+                 "plugins": {n: r.version for n, r in sorted(build.registry.plugins.items())
+                             if r.error is None},
+                 "filtered_by": plan.side, "session": hello["session"],
+                 "source_session": source_nonce}
+        if precopy is not None:
+            ram_obj = _precopy_ram(build, hello, res.mode_notes)
+            if ram_obj is not None:
+                offer["precopy"] = {"path": ram_obj.path, "size": ram_obj.memory.size,
+                                    "page_size": PAGE_SIZE}
+                ram_obj.memory.start_dirty_log()  # before OFFER: pass 1 copies after this
+        chan.send_msg(tp.OFFER, offer)
     except PreflightRefused as e:
         with contextlib.suppress(tp.TransportError):
             chan.send_msg(tp.ABORT, {"error": str(e)})
@@ -421,8 +494,33 @@ def send(build: Any, chan: tp.Channel, *, timeout: float = DEFAULT_TIMEOUT,
         return res
     finally:
         res.wire_bytes_sent, res.wire_bytes_received = chan.bytes_sent, chan.bytes_received
+        if res.outcome == "refused" and ram_obj is not None:
+            ram_obj.memory.stop_dirty_log()
 
     from . import stream
+
+    pre: _Precopy | None = None
+    if ram_obj is not None:
+        res.mode = "precopy"
+        pre = _Precopy(ram_obj.memory, chan, hello["session"], precopy, throttle, events)
+        try:
+            with Progress("pre-copy", ram_obj.memory.size, stream=None) if progress \
+                    else _null_progress() as bar:
+                pre.bar = bar
+                pre.run_live()
+        except Exception as e:  # the source never paused: it just runs on
+            pre.stop()
+            res.precopy = pre.report()
+            res.outcome = "resumed"
+            res.error = (f"pre-copy pass {pre.pass_no} failed: {_precopy_failure(e, chan)}; "
+                         "the source never paused and runs on with its state")
+            if not isinstance(e, tp.TransportError):
+                with contextlib.suppress(tp.TransportError):
+                    chan.send_msg(tp.ABORT, {"error": res.error, "session": hello["session"]})
+            events("resumed", error=res.error)
+            res.wire_bytes_sent, res.wire_bytes_received = chan.bytes_sent, \
+                chan.bytes_received
+            return res
 
     pause()
     t_pause = time.monotonic()
@@ -432,6 +530,11 @@ def send(build: Any, chan: tp.Channel, *, timeout: float = DEFAULT_TIMEOUT,
         with Progress("migrating", stream=None) if progress else _null_progress() as bar:
             writer = tp.DataWriter(chan, bar.update)
             try:
+                if pre is not None:
+                    # the last dirty pages, the source paused: nothing writes now
+                    pre.bar = bar
+                    pre.final_pass()
+                    ram_obj.precopied = True  # the stream's ram is empty: it came in passes
                 if plan.side == "source":
                     try:
                         tree, freport = filter_on_source(build, plan.destination)
@@ -469,6 +572,9 @@ def send(build: Any, chan: tp.Channel, *, timeout: float = DEFAULT_TIMEOUT,
                     chan.send_msg(tp.ABORT, {"error": f"the source could not write its state: "
                                                       f"{why}"})
                 raise MigrationError(f"the source could not write its state: {why}") from e
+            finally:
+                if ram_obj is not None:
+                    ram_obj.precopied = False  # any later save (kept state) has the RAM
         res.stream_bytes = writer.total
         res.save_s = time.monotonic() - t_pause
         chan.send_msg(tp.END, {"bytes": writer.total, "session": hello["session"]})
@@ -508,11 +614,219 @@ def send(build: Any, chan: tp.Channel, *, timeout: float = DEFAULT_TIMEOUT,
         if res.paused_s is None:
             res.paused_s = time.monotonic() - t_pause
         res.outcome, res.error = "resumed", f"{_describe(e)}; the source resumed with its state"
+        if pre is not None:
+            pre.stop()  # before the guest runs again: no throttle, no dirty log
         resume()
         events("resumed", error=res.error)
         return res
     finally:
+        if pre is not None:
+            pre.stop()
+            res.precopy = pre.report()
+            res.precopy["actual_downtime_s"] = res.paused_s
         res.wire_bytes_sent, res.wire_bytes_received = chan.bytes_sent, chan.bytes_received
+
+
+def _precopy_ram(build: Any, hello: dict[str, Any], notes: list[str]) -> Any:
+    """The guest-memory object pre-copy moves, or None (with a note saying
+    why the migration is stop-and-copy instead)."""
+    from .memory import GuestMemoryObject
+
+    if "precopy" not in (hello.get("features") or []):
+        notes.append(f"the destination {hello.get('build')} does not take pre-copy (an older "
+                     "release): stop-and-copy")
+        return None
+    mem = getattr(build.machine, "memory", None)
+    for obj in build.root.walk():
+        if isinstance(obj, GuestMemoryObject) and (obj is mem or obj.memory is mem):
+            if obj.memory.dirty_logging:
+                notes.append("guest RAM is already tracked by another migration: "
+                             "stop-and-copy")
+                return None
+            return obj
+    notes.append(f"{build.name} has no guest RAM to pre-copy: stop-and-copy")
+    return None
+
+
+def _precopy_failure(e: BaseException, chan: tp.Channel) -> str:
+    """What ended a pre-copy pass, in words (the destination's own reason
+    when it sent one before closing)."""
+    if isinstance(e, tp.RemoteAbort):
+        return _remote_failure(e.msg)
+    if isinstance(e, tp.PeerClosed):
+        try:
+            if chan.incoming_ready():
+                tp.raise_remote(chan, timeout=1.0)
+        except tp.RemoteAbort as r:
+            return _remote_failure(r.msg)
+        except tp.TransportError:
+            pass
+    return _describe(e)
+
+
+#: pages in one run frame (1 MiB of pages plus the 8-byte address)
+_RUN_PAGES = tp.DATA_CHUNK // PAGE_SIZE
+_ZERO_RUN = bytes(_RUN_PAGES * PAGE_SIZE)
+
+
+class _Precopy:
+    """The source's side of pre-copy: passes over the dirty log of one
+    :class:`migtree.memory.GuestMemory`, each ended by a PASS message."""
+
+    def __init__(self, memory: Any, chan: tp.Channel, session: str,
+                 opts: PrecopyOptions, throttle: Callable[[float], None] | None,
+                 events: Events) -> None:
+        self.mem = memory
+        self.chan = chan
+        self.session = session
+        self.opts = opts
+        self.throttle_fn = throttle
+        self.events = events
+        self.bar: Any = None
+        self.pass_no = 0
+        self.passes: list[dict[str, Any]] = []
+        self.sent_bytes = 0  # page bytes sent in all passes
+        self.sent_s = 0.0  # seconds spent sending them
+        self.throttle = 0.0
+        self.converged = False
+        self.expected_downtime_s: float | None = None
+        self.stopped = False
+
+    @property
+    def bandwidth(self) -> float | None:
+        """Bytes per second of the last pass that sent at least 256 KiB
+        (QEMU also estimates from the last iteration: scattered dirty pages
+        go slower than pass 1's long runs, and the final pass is like the
+        last ones), else over every pass so far; None before anything was
+        sent."""
+        for p in reversed(self.passes):
+            if p["bytes"] >= 256 << 10 and p["seconds"] > 0:
+                return p["bytes"] / p["seconds"]
+        if self.sent_bytes == 0 or self.sent_s <= 0:
+            return None
+        return self.sent_bytes / self.sent_s
+
+    def estimate(self) -> float | None:
+        """The pause the pages dirty now would cost, in seconds."""
+        dirty = self.mem.dirty_pages() * PAGE_SIZE
+        if dirty == 0:
+            return 0.0
+        bw = self.bandwidth
+        return None if bw is None else dirty / bw
+
+    def run_live(self) -> None:
+        """Passes while the source runs, until the estimated pause fits the
+        limit or the pass bound is reached."""
+        o = self.opts
+        while True:
+            self.send_pass(final=False)
+            est = self.estimate()
+            self.expected_downtime_s = est
+            if est is not None and est <= o.downtime_limit:
+                self.converged = True
+                return
+            if self.pass_no >= o.max_passes:
+                return  # paused anyway: the report says what it expected
+            if o.auto_converge and self.throttle_fn is not None \
+                    and self.pass_no >= o.throttle_after:
+                self.throttle = min(o.throttle_max, o.throttle_initial if not self.throttle
+                                    else self.throttle + o.throttle_increment)
+                self.throttle_fn(self.throttle)
+                self.events("throttled", fraction=self.throttle)
+
+    def final_pass(self) -> None:
+        """The pages written since the last pass, the source paused (no
+        bandwidth cap: this is the pause)."""
+        self.send_pass(final=True)
+
+    def send_pass(self, *, final: bool) -> None:
+        self.pass_no += 1
+        t0 = time.monotonic()
+        runs = nbytes = pages = 0
+        cap = None if final else self.opts.max_bandwidth
+        first = self.pass_no == 1
+        entries: list[tuple[int, int]] = []
+        chunks: list[bytes] = []
+        digest = hashlib.sha256()
+        batch = 0
+
+        def flush() -> None:
+            nonlocal batch
+            if not entries:
+                return
+            frame = encode_page_frame(entries, chunks)
+            digest.update(frame)
+            self.chan.send(tp.DATA, frame)
+            if self.bar is not None:
+                self.bar.update(batch)
+            entries.clear()
+            chunks.clear()
+            batch = 0
+            if cap is not None:
+                ahead = nbytes / cap - (time.monotonic() - t0)
+                if ahead > 0:
+                    time.sleep(ahead)
+            if self.chan.incoming_ready():  # the destination gave up mid-pass
+                tp.raise_remote(self.chan)
+
+        for gpa, n in self.mem.dirty_runs(_RUN_PAGES):
+            data = self.mem.take_dirty(gpa, n)
+            pages += n // PAGE_SIZE
+            # the destination stages RAM in a zero-filled mapping: pass 1
+            # need not send runs that are still all zero
+            if first and data == (_ZERO_RUN if n == len(_ZERO_RUN) else bytes(n)):
+                continue
+            entries.append((gpa, n))
+            chunks.append(data)
+            runs += 1
+            nbytes += n
+            batch += n
+            if batch >= tp.DATA_CHUNK or len(entries) >= MAX_RUNS_PER_FRAME:
+                flush()
+        flush()
+        self.chan.send_msg(tp.PASS, {"pass": self.pass_no, "runs": runs, "bytes": nbytes,
+                                     "final": final, "sha256": digest.hexdigest(),
+                                     "session": self.session})
+        dt = time.monotonic() - t0
+        self.sent_bytes += nbytes
+        self.sent_s += dt
+        dirty_now = self.mem.dirty_pages() * PAGE_SIZE
+        rec = {"pass": self.pass_no, "final": final, "pages": pages, "bytes": nbytes,
+               "runs": runs, "seconds": dt,
+               # bytes the guest wrote while this pass ran, per second
+               "dirty_rate_Bps": (dirty_now / dt) if dt > 0 and not final else None,
+               "bandwidth_Bps": (nbytes / dt) if dt > 0 and nbytes else None,
+               "dirty_after": dirty_now, "throttle": self.throttle}
+        self.passes.append(rec)
+        if self.bar is not None and hasattr(self.bar, "status"):
+            bw = self.bandwidth
+            rate = rec["dirty_rate_Bps"]
+            self.bar.status(f"pass {self.pass_no}, dirty {dirty_now / 1e6:.1f} MB"
+                            + (f" at {rate / 1e6:.1f} MB/s" if rate is not None else "")
+                            + (f", link {bw / 1e6:.0f} MB/s" if bw else ""))
+        self.events("pass", **rec)
+
+    def stop(self) -> None:
+        """Stop tracking; take the throttle off (idempotent)."""
+        if self.stopped:
+            return
+        self.stopped = True
+        self.mem.stop_dirty_log()
+        if self.throttle and self.throttle_fn is not None:
+            self.throttle_fn(0.0)
+
+    def report(self) -> dict[str, Any]:
+        last_live = [p for p in self.passes if not p["final"]]
+        return {"passes": self.passes, "pass_count": len(self.passes),
+                "converged": self.converged,
+                "downtime_limit_s": self.opts.downtime_limit,
+                "expected_downtime_s": self.expected_downtime_s,
+                "max_passes": self.opts.max_passes,
+                "max_bandwidth_Bps": self.opts.max_bandwidth,
+                "bandwidth_Bps": self.bandwidth,
+                "dirty_rate_Bps": last_live[-1]["dirty_rate_Bps"] if last_live else None,
+                "throttle": self.throttle, "ram_bytes": self.mem.size,
+                "page_bytes_sent": self.sent_bytes}
 
 
 class _SourceSaveError(Exception):
@@ -530,6 +844,9 @@ def _remote_failure(msg: dict[str, Any]) -> str:
 
 class _null_progress(contextlib.AbstractContextManager):
     def update(self, n: int) -> None:
+        pass
+
+    def status(self, text: str) -> None:
         pass
 
     def __exit__(self, *exc: object) -> None:
@@ -659,9 +976,10 @@ def receive(build: Any, chan: tp.Channel, *, timeout: float = DEFAULT_TIMEOUT,
     chan.validator = session
     nonce = protocol.new_nonce()
     # what the source sends after HELLO must name this destination's session
-    for name in ("OFFER", "END", "COMMIT", "ABORT"):
+    for name in ("OFFER", "PASS", "END", "COMMIT", "ABORT"):
         session.expect[name] = nonce
     source_nonce: str | None = None
+    staged: _StagedRam | None = None
     try:
         if snapshot is None:
             snapshot = Snapshot(build)
@@ -679,6 +997,10 @@ def receive(build: Any, chan: tp.Channel, *, timeout: float = DEFAULT_TIMEOUT,
         res.filtered_by = msg["filtered_by"]
         source_nonce = msg["source_session"]
         events("offer", offer=msg)
+        if "precopy" in msg:
+            res.stage = "precopy"
+            staged = _StagedRam(build, msg["precopy"])
+            res.precopy = staged.receive(chan, timeout, events)
 
         res.stage = "stream"
         t0 = time.monotonic()
@@ -714,16 +1036,25 @@ def receive(build: Any, chan: tp.Channel, *, timeout: float = DEFAULT_TIMEOUT,
         res.stage = "load"
         t2 = time.monotonic()
         events("loading")
+        if staged is not None:
+            res.stage = "precopy"
+            staged.put_into(tree)
+            res.stage = "load"
         try:
             lreport = stream.load(tree, build.root, registry=build.registry)
         except MigtreeError as e:
             from .validate import with_offsets
 
             raise with_offsets(e, offsets) from e
+        finally:
+            if staged is not None:
+                staged.close()  # adopted (it holds the old mapping now) or unused
         res.load = lreport.as_dict()
         res.timings["load_s"] = time.monotonic() - t2
         events("loaded", report=lreport)
     except Exception as e:  # the load is all-or-nothing: nothing changed here
+        if staged is not None:
+            staged.close()  # pre-copied pages never touched this build's RAM
         res.error = _describe(e)
         if res.outcome == "pending":
             res.outcome = "failed"
@@ -765,6 +1096,142 @@ def receive(build: Any, chan: tp.Channel, *, timeout: float = DEFAULT_TIMEOUT,
         chan.send_msg(tp.DONE, {"session": source_nonce})
     res.wire_bytes_received = chan.bytes_received
     return res
+
+
+def encode_page_frame(runs: list[tuple[int, int]], pages: list[bytes]) -> bytes:
+    """One pre-copy DATA frame: the run count, each run's address and
+    length, then the runs' pages (docs/cli.md, "The migration protocol")."""
+    return b"".join([_RUN_COUNT.pack(len(runs)),
+                     *(_RUN_ENTRY.pack(gpa, n) for gpa, n in runs), *pages])
+
+
+def decode_page_frame(payload: bytes, ram_size: int, *, runs_before: int = 0,
+                      where: str = "pre-copy frame") -> list[tuple[int, int]]:
+    """A page frame's runs ``(gpa, length)``, every one checked (page-aligned,
+    whole pages, inside ``ram_size``, lengths adding up to the frame) before
+    the caller writes any; the pages follow the header in the same order."""
+    if len(payload) < _RUN_COUNT.size:
+        raise tp.ProtocolError(f"{where}: {len(payload)} bytes cannot hold a run count")
+    (count,) = _RUN_COUNT.unpack_from(payload)
+    head = _RUN_COUNT.size + _RUN_ENTRY.size * count
+    if not 1 <= count <= MAX_RUNS_PER_FRAME or head > len(payload):
+        raise tp.ProtocolError(f"{where}: {count} runs do not fit a frame of "
+                               f"{len(payload)} bytes (1 to {MAX_RUNS_PER_FRAME})")
+    out = []
+    total = 0
+    for i in range(count):
+        gpa, n = _RUN_ENTRY.unpack_from(payload, _RUN_COUNT.size + _RUN_ENTRY.size * i)
+        if gpa % PAGE_SIZE or n == 0 or n % PAGE_SIZE or gpa + n > ram_size:
+            raise tp.ProtocolError(
+                f"{where}, run {runs_before + i + 1}: {n} bytes at {gpa:#x} are not "
+                f"whole {PAGE_SIZE}-byte pages inside {ram_size:#x} bytes of RAM")
+        out.append((gpa, n))
+        total += n
+    if head + total != len(payload):
+        raise tp.ProtocolError(f"{where}: its runs announce {total} bytes of pages, the "
+                               f"frame holds {len(payload) - head}")
+    return out
+
+
+class _StagedRam:
+    """The destination's side of pre-copy: pages land in a mapping of their
+    own, never in the build's RAM, so a migration cut in any pass leaves
+    the build as it was; the loaded stream's empty ``ram`` is replaced by
+    this mapping, which the guest-memory object adopts at ``post_load``
+    (after every device accepted its state)."""
+
+    def __init__(self, build: Any, offer: dict[str, Any]) -> None:
+        from .memory import GuestMemory, GuestMemoryObject
+
+        mem = getattr(build.machine, "memory", None)
+        own = next((o for o in build.root.walk() if isinstance(o, GuestMemoryObject)
+                    and (o is mem or o.memory is mem)), None)
+        if own is None:
+            raise MigrationError(f"the source pre-copies guest RAM to {offer['path']}; "
+                                 f"{build.name} has no guest RAM")
+        if own.path != offer["path"] or own.memory.size != offer["size"]:
+            raise MigrationError(
+                f"the source pre-copies {offer['size']} bytes of guest RAM to "
+                f"{offer['path']}; {build.name} has {own.memory.size} bytes at {own.path}: "
+                "start it with the same size")
+        self.path = offer["path"]
+        self.size = offer["size"]
+        self.memory = GuestMemory(self.size)
+        self.passes: list[dict[str, Any]] = []
+
+    def receive(self, chan: tp.Channel, timeout: float | None,
+                events: Events) -> list[dict[str, Any]]:
+        """Page runs and PASS messages until the final PASS. Every run is
+        checked (page-aligned, inside RAM) before a byte of it is written,
+        and every PASS against what arrived."""
+        runs = nbytes = 0
+        digest = hashlib.sha256()
+        try:
+            while True:
+                kind, payload = chan.recv(timeout)
+                if kind == tp.DATA:
+                    digest.update(payload)
+                    got = decode_page_frame(
+                        payload, self.size, runs_before=runs,
+                        where=f"pre-copy pass {len(self.passes) + 1}, frame at wire offset "
+                              f"{chan.bytes_received - len(payload)}")
+                    view = memoryview(payload)
+                    pos = _RUN_COUNT.size + _RUN_ENTRY.size * len(got)
+                    for gpa, n in got:
+                        self.memory.write_pages(gpa, view[pos:pos + n])
+                        pos += n
+                    runs += len(got)
+                    nbytes += pos - _RUN_COUNT.size - _RUN_ENTRY.size * len(got)
+                elif kind == tp.PASS:
+                    msg = chan.decode(kind, payload)
+                    want = len(self.passes) + 1
+                    if msg["pass"] != want or msg["runs"] != runs or msg["bytes"] != nbytes:
+                        raise tp.ProtocolError(
+                            f"pre-copy PASS {msg['pass']} says {msg['runs']} runs of "
+                            f"{msg['bytes']} bytes; pass {want} brought {runs} runs of "
+                            f"{nbytes} bytes")
+                    if msg["sha256"] != digest.hexdigest():
+                        # staged pages only: the build's RAM never saw them
+                        raise tp.ProtocolError(
+                            f"pre-copy pass {want}: checksum mismatch (the pass's frames "
+                            f"hash to {digest.hexdigest()[:16]}..., PASS says "
+                            f"{msg['sha256'][:16]}...): bytes were damaged in transit")
+                    digest = hashlib.sha256()
+                    rec = {"pass": want, "runs": runs, "bytes": nbytes, "final": msg["final"]}
+                    self.passes.append(rec)
+                    events("pass", **rec)
+                    runs = nbytes = 0
+                    if msg["final"]:
+                        return self.passes
+                elif kind in (tp.ABORT, tp.FAILED):
+                    msg = chan.decode(kind, payload)
+                    raise MigrationError(f"the source gave up: {msg.get('error')}")
+                else:
+                    raise tp.ProtocolError(f"expected DATA or PASS during pre-copy, got "
+                                           f"{tp.KIND_NAMES[kind]}")
+        except BaseException:
+            self.close()
+            raise
+
+    def put_into(self, tree: dict[str, Any]) -> None:
+        """Replace the stream's (empty) RAM at the pre-copied path with the
+        staged pages."""
+        node: Any = tree
+        for part in [p for p in self.path.split("/") if p]:  # the tree's root is "/"
+            node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or node.get("__type__") != "guest-memory":
+            raise MigrationError(f"{self.path}: the stream has no guest-memory object where "
+                                 "the source pre-copied RAM")
+        ram = node.get("ram")
+        if ram is None or not hasattr(ram, "__len__") or len(ram) != 0:
+            raise MigrationError(f"{self.path}: field ram: the source pre-copied guest RAM "
+                                 "but the stream carries it again")
+        node["ram"] = self.memory
+
+    def close(self) -> None:
+        if not self.memory.closed:
+            with contextlib.suppress(BufferError):
+                self.memory.close()
 
 
 # -- workloads ----------------------------------------------------------------------------------

@@ -67,6 +67,11 @@ class Progress:
             return
         self._bar.update(n)
 
+    def status(self, text: str) -> None:
+        """A few words after the bar (pre-copy: pass, dirty rate, bandwidth)."""
+        if self._bar is not None:
+            self._bar.set_postfix_str(text, refresh=True)  # passes are rare: draw now
+
     @property
     def shown(self) -> bool:
         return self._bar is not None

@@ -1,6 +1,6 @@
 """The migration protocol's control messages, declared in one place.
 
-Every control frame a peer sends (HELLO, OFFER, END, LOADED, FAILED,
+Every control frame a peer sends (HELLO, OFFER, PASS, END, LOADED, FAILED,
 COMMIT, DONE, ABORT) is checked against its declaration here before any
 code reads a field of it, on both sides and in every phase
 (:func:`validate`, called from :meth:`migtree.transport.Channel.decode`):
@@ -14,8 +14,8 @@ To add a field, add one line to its message's entry in :data:`MESSAGES`
 (``required`` or ``optional``).
 
 ``session`` fields carry the nonces that make a recorded session useless:
-the destination's HELLO names a fresh one that OFFER, END and COMMIT must
-echo; the source's OFFER names its own that LOADED and DONE must echo
+the destination's HELLO names a fresh one that OFFER, PASS, END and COMMIT
+must echo; the source's OFFER names its own that LOADED and DONE must echo
 (checked in :mod:`migtree.migration`).
 """
 
@@ -77,6 +77,13 @@ class Number:
     def check(self, v: Any, where: str) -> None:
         if type(v) not in (int, float) or not self.lo <= v <= self.hi:
             raise Invalid(f"{where} must be a number from {self.lo} to {self.hi}")
+
+
+@attrs.frozen
+class Boolean:
+    def check(self, v: Any, where: str) -> None:
+        if type(v) is not bool:
+            raise Invalid(f"{where} must be true or false, not {_tname(v)}")
 
 
 @attrs.frozen
@@ -191,6 +198,7 @@ def _tname(v: Any) -> str:
 
 NAME = Text(max_length=1024)
 NONCE = Text(pattern=NONCE_RE)
+SHA256 = Text(pattern=re.compile(r"[0-9a-f]{64}"))
 #: who ran the filters of a migration (OFFER)
 FILTER_SIDE = Text(pattern=re.compile(r"destination|source"))
 PLUGINS = MapOf(OneOf((Text(max_length=256), Null())), max_items=4096)
@@ -215,6 +223,10 @@ MESSAGES: dict[str, Record] = {
         "destination": MapOf(Json()),  # a schema dump, checked by Destination.of_schema
         "filters": ListOf(Json()),  # declarations, checked by filters_from_declarations
         "session": NONCE,  # the destination's nonce: OFFER, END and COMMIT echo it
+    }, optional={
+        # what this destination can take beyond stop-and-copy ("precopy");
+        # a destination without it is sent the whole stream after the pause
+        "features": ListOf(NAME, max_items=64),
     }),
     "OFFER": Record(required={
         "protocol": PROTOCOL_VERSION,
@@ -224,7 +236,19 @@ MESSAGES: dict[str, Record] = {
         "session": NONCE,  # the destination's, echoed
         "source_session": NONCE,  # the source's: LOADED and DONE echo it
         "filtered_by": FILTER_SIDE,  # who ran the filters (migration.OFFER_KEYS)
+    }, optional={
+        # pre-copy: RAM comes page by page before the stream (PASS frames);
+        # only sent to a destination whose HELLO lists the "precopy" feature
+        "precopy": Record(required={"path": Text(max_length=4096),
+                                    "size": Int(1), "page_size": Int(4096, 4096)}),
     }),
+    # the end of one pre-copy pass: the DATA frames since the previous PASS
+    # (or OFFER) were page runs, ``runs`` of them, ``bytes`` of pages in all;
+    # ``final``: the source is paused and the stream follows
+    # ``sha256``: of the pass's DATA payloads in order (as the stream's
+    # footer, a flipped byte in guest RAM is caught)
+    "PASS": Record(required={"pass": Int(1, 1 << 20), "runs": Int(), "bytes": Int(),
+                             "final": Boolean(), "sha256": SHA256, "session": NONCE}),
     "END": Record(required={"bytes": Int(), "session": NONCE}),
     "LOADED": Record(required={
         "filters": Record(required={"destination": NAME, "nodes": Int(),

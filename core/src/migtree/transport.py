@@ -60,9 +60,10 @@ PREAMBLE = b"MTMIG\r\n\x01"
 _HEADER = struct.Struct(">BI")
 
 #: frame kinds (see :mod:`migtree.migration` for what each carries)
-HELLO, OFFER, DATA, END, LOADED, FAILED, COMMIT, DONE, ABORT = range(1, 10)
+HELLO, OFFER, DATA, END, LOADED, FAILED, COMMIT, DONE, ABORT, PASS = range(1, 11)
 KIND_NAMES = {HELLO: "HELLO", OFFER: "OFFER", DATA: "DATA", END: "END", LOADED: "LOADED",
-              FAILED: "FAILED", COMMIT: "COMMIT", DONE: "DONE", ABORT: "ABORT"}
+              FAILED: "FAILED", COMMIT: "COMMIT", DONE: "DONE", ABORT: "ABORT",
+              PASS: "PASS"}
 #: largest DATA payload a sender produces, and the largest a receiver accepts
 DATA_CHUNK = 1 << 20
 MAX_DATA_FRAME = 4 << 20

@@ -220,3 +220,86 @@ def human_bytes(n: int | None) -> str:
             return f"{n} B" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024  # type: ignore[assignment]
     return str(n)
+
+
+def add_precopy_args(p: Any) -> None:
+    """Options of pre-copy (``send`` and ``migrate``; docs/cli.md)."""
+    g = p.add_argument_group("pre-copy (guest RAM moves while the source runs)")
+    g.add_argument("--stop-and-copy", action="store_true",
+                   help="no pre-copy: pause first, then send everything (the old way)")
+    g.add_argument("--downtime-limit", type=float, default=300.0, metavar="MS",
+                   help="pause once the last dirty pages would take at most this long to "
+                        "send at the measured bandwidth (default 300 ms)")
+    g.add_argument("--max-bandwidth", metavar="RATE",
+                   help="cap pre-copy passes at RATE bytes per second (e.g. 100M; the final "
+                        "pass, during the pause, is not capped); default: no cap")
+    g.add_argument("--max-passes", type=int, default=30, metavar="N",
+                   help="pause after N passes even when the estimate is above the limit "
+                        "(the report gives the expected and the actual pause; default 30)")
+    g.add_argument("--auto-converge", action="store_true",
+                   help="throttle the guest when passes do not converge (only where the "
+                        "embedding hands migtree a throttle; the CLI's workloads do not run "
+                        "during the passes)")
+
+
+def precopy_argv(args: Any) -> list[str]:
+    """The pre-copy options again, for a child ``migtree send``."""
+    out = ["--downtime-limit", str(args.downtime_limit), "--max-passes", str(args.max_passes)]
+    if args.stop_and_copy:
+        out.append("--stop-and-copy")
+    if args.max_bandwidth:
+        out += ["--max-bandwidth", args.max_bandwidth]
+    if args.auto_converge:
+        out.append("--auto-converge")
+    return out
+
+
+def precopy_options(args: Any) -> Any:
+    """``PrecopyOptions`` from the command line (None: stop-and-copy)."""
+    from ..memory import parse_size
+    from ..migration import PrecopyOptions
+
+    if args.stop_and_copy:
+        return None
+    try:
+        cap = parse_size(args.max_bandwidth) if args.max_bandwidth else None
+        return PrecopyOptions(downtime_limit=args.downtime_limit / 1000.0, max_bandwidth=cap,
+                              max_passes=args.max_passes, auto_converge=args.auto_converge)
+    except ValueError as e:
+        raise SystemExit(f"migtree: error: {e}") from None
+
+
+def format_precopy(r: dict[str, Any]) -> list[str]:
+    """Report lines for a source's pre-copy (passes, rates, pauses)."""
+    pc = r.get("precopy")
+    lines = [f"  note: {n}" for n in r.get("mode_notes") or []]
+    if not pc:
+        if r.get("mode") == "stop-and-copy" and r.get("paused_s") is not None:
+            lines.append("stop-and-copy: guest RAM was sent during the pause")
+        return lines
+    mb = 1e6
+    live = [p for p in pc["passes"] if not p["final"]]
+    final = [p for p in pc["passes"] if p["final"]]
+    bw = pc.get("bandwidth_Bps")
+    lines.append(f"pre-copy: {len(live)} pass(es) while the source ran"
+                 + (" + the final pass paused" if final else "")
+                 + f", {pc['page_bytes_sent'] / mb:.1f} MB of pages for "
+                 f"{pc['ram_bytes'] / mb:.1f} MB of RAM"
+                 + (f", bandwidth {bw / mb:.0f} MB/s" if bw else "")
+                 + ("" if pc["converged"] else
+                    f"; did NOT converge within {pc['max_passes']} passes"))
+    for p in pc["passes"]:
+        rate = p.get("dirty_rate_Bps")
+        lines.append(f"  pass {p['pass']}{' (paused)' if p['final'] else ''}: "
+                     f"{p['pages']} pages, {p['bytes'] / mb:.2f} MB in "
+                     f"{p['seconds'] * 1000:.1f} ms"
+                     + (f", guest dirtied {rate / mb:.1f} MB/s" if rate is not None else "")
+                     + (f", throttle {p['throttle']:.0%}" if p.get("throttle") else ""))
+    exp = pc.get("expected_downtime_s")
+    act = pc.get("actual_downtime_s")
+    lines.append(f"  pause: expected {exp * 1000:.1f} ms for the last pages" if exp is not None
+                 else "  pause: expected (unknown: no bandwidth measured)")
+    if act is not None:
+        lines[-1] += (f", actual {act * 1000:.1f} ms in all (limit "
+                      f"{pc['downtime_limit_s'] * 1000:.0f} ms)")
+    return lines

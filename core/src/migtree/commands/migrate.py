@@ -59,6 +59,7 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--keep", action="store_true",
                    help="keep the scratch directory (it is kept anyway when something fails)")
     p.add_argument("--json", action="store_true", help="print a JSON report on stdout")
+    A.add_precopy_args(p)
     p.set_defaults(func=run)
 
 
@@ -360,7 +361,8 @@ def run(args: Any) -> int:
         ref = _reference(prep, workload, args.seed, registry)
         address = _wait_ready(ready, dst, args.timeout)
         src = _Child("source", ["send", str(prep["source"]), "--to", address,
-                                "--seed", str(args.seed), *common], scratch)
+                                "--seed", str(args.seed), *A.precopy_argv(args), *common],
+                     scratch)
         children.append(src)
         src_rc = src.wait(args.timeout * 3)
         dst_rc = dst.wait(args.timeout * 3)
@@ -433,6 +435,7 @@ def format_report(doc: dict[str, Any]) -> str:
         lines.extend(A.format_stash(d["load"], indent=""))
     lines.append(f"bytes sent: {s.get('stream_bytes', 0):,} (stream), "
                  f"{s.get('wire_bytes_sent', 0):,} on the wire")
+    lines.extend(A.format_precopy(s))
     if s.get("paused_s") is not None:
         t = (s.get("loaded") or {}).get("timings") or {}
         parts = [f"save+send {s['save_s'] * 1000:.0f} ms" if s.get("save_s") else None,

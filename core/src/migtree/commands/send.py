@@ -16,6 +16,11 @@ keeps its state in a stream file, printed).
 destination's filters when they reach, else the source's own -- how a newer
 build migrates to an older one that lacks the filter), ``source`` or
 ``destination`` (docs/cli.md, "Who runs the filters").
+
+Guest RAM moves by pre-copy unless ``--stop-and-copy``: passes while the
+source runs, then a pause for the last dirty pages and the device state
+(``--downtime-limit``, ``--max-bandwidth``, ``--max-passes``,
+``--auto-converge``; docs/cli.md).
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ def add_parser(subparsers: Any) -> None:
                    help="where to keep the state if the commit goes unconfirmed "
                         "(default: the temporary directory)")
     A.add_workload_args(p, seed=True)
+    A.add_precopy_args(p)
     A.add_transport_args(p, source=True)
     A.add_output_args(p)
     p.set_defaults(func=run)
@@ -54,6 +60,7 @@ def run(args: Any) -> int:
     from .. import migration as M
     from ..transport import connect
 
+    precopy = A.precopy_options(args)
     build = A.load(args)
     workloads = M.select_workloads(build, args.workload)
     M.run_workloads("start", build, workloads, args.seed)
@@ -64,7 +71,7 @@ def run(args: Any) -> int:
                        timeout=args.timeout)
     with chan:
         res = M.send(build, chan, timeout=args.timeout, progress=not args.no_progress,
-                     keep_dir=args.keep_dir, filter_side=args.filter_on)
+                     keep_dir=args.keep_dir, filter_side=args.filter_on, precopy=precopy)
     report: dict[str, Any] = {"role": "source", "build": build.name,
                               "backend": build.backend.name, "notes": build.notes,
                               "workload_seed": args.seed, **res.as_dict()}
@@ -99,6 +106,7 @@ def format_report(r: dict[str, Any]) -> str:
     lines.append(f"stream: {A.human_bytes(r.get('stream_bytes'))}, on the wire: "
                  f"{A.human_bytes(r.get('wire_bytes_sent'))} sent, "
                  f"{A.human_bytes(r.get('wire_bytes_received'))} received")
+    lines.extend(A.format_precopy(r))
     if r.get("paused_s") is not None:
         lines.append(f"source paused for {r['paused_s'] * 1000:.1f} ms")
     for name, summary in (r.get("workloads") or {}).items():

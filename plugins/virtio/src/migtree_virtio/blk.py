@@ -324,6 +324,11 @@ class VirtioBlk(VirtioDevice):
         finally:
             for v in views:
                 v.release()
+            if not write:
+                # DMA into guest RAM: mark it after the write, so a pre-copy
+                # pass that copied these pages meanwhile sends them again
+                for a, n in data:
+                    mem.mark_dirty(a, n)
         return BLK_S_OK
 
     # -- migration ----------
